@@ -1,0 +1,3 @@
+from labq.cli import run
+
+run()

@@ -1,0 +1,132 @@
+"""The Celery app factory: ``create_app(settings)``.
+
+Every default set here is explained in ``docs/celery-defaults.md``. There is
+no hidden global app: ``tasks`` builds one lazily from the environment for
+``celery -A tasks``, and everything else passes an app or settings around.
+"""
+
+from __future__ import annotations
+
+import logging
+import pkgutil
+from functools import cached_property
+from typing import Any
+
+from celery import Celery
+from celery.apps.worker import Worker as CeleryWorker
+from kombu import Exchange, Queue
+
+from labq.errors import ConfigError
+from labq.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TASK_PACKAGE = "tasks"
+# Pools that honour soft and hard time limits; threads, solo, gevent and
+# eventlet cannot interrupt or kill a running task.
+ALLOWED_POOLS = frozenset({"prefork", "celery.concurrency.prefork:TaskPool"})
+
+
+class PreforkOnlyWorker(CeleryWorker):  # type: ignore[misc]
+    """A worker that refuses every pool but prefork."""
+
+    def on_after_init(self, **kwargs: Any) -> None:
+        check_pool(self.pool_cls)
+        super().on_after_init(**kwargs)
+
+
+def check_pool(pool: object) -> None:
+    """Raise :class:`ConfigError` unless ``pool`` names the prefork pool."""
+    from celery.concurrency.prefork import TaskPool
+
+    if pool is TaskPool or pool in ALLOWED_POOLS:
+        return
+    name = getattr(pool, "__name__", pool)
+    raise ConfigError(
+        "--pool",
+        name,
+        "labq runs tasks only in the prefork pool: other pools cannot enforce "
+        "soft and hard time limits",
+    )
+
+
+class LabqCelery(Celery):  # type: ignore[misc]
+    """A Celery app that knows its labq settings and uses the prefork-only worker."""
+
+    labq_settings: Settings
+
+    @cached_property
+    def Worker(self) -> type[CeleryWorker]:  # noqa: N802 - Celery's own name
+        return self.subclass_with_self(PreforkOnlyWorker)  # type: ignore[no-any-return]
+
+
+def task_modules(package: str = TASK_PACKAGE) -> list[str]:
+    """Every module of the task package, so workers register all its tasks."""
+    try:
+        pkg = __import__(package)
+    except ImportError:
+        return []
+    return sorted(
+        f"{package}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__) if not m.ispkg
+    )
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration labq runs with, derived from ``settings``."""
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        "health_check_interval": 10,
+        "socket_keepalive": True,
+    }
+    default = settings.default_queue
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.backend_url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        # JSON only: pickle from the broker would run code on the workers.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        # Ack after the task ends; a worker that dies hands the task back.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        # One message per free slot: nothing sits in a busy worker's buffer.
+        "worker_prefetch_multiplier": 1,
+        "worker_pool": "prefork",
+        "worker_concurrency": settings.concurrency,
+        "task_soft_time_limit": settings.soft_time_limit,
+        "task_time_limit": settings.time_limit,
+        # Flower sees queued tasks only with sent events.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "result_extended": True,
+        "result_expires": settings.result_expires,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_soft_shutdown_timeout": settings.shutdown_timeout,
+        "worker_hijack_root_logger": False,
+        "task_default_queue": default,
+        "task_queues": [Queue(default, Exchange(default), routing_key=default)],
+        "task_create_missing_queues": True,
+        "worker_lost_wait": 10.0,
+        "broker_pool_limit": 10,
+    }
+
+
+def create_app(settings: Settings | None = None, *, main: str = "labq") -> LabqCelery:
+    """A Celery app with labq's production defaults.
+
+    ``settings`` defaults to :meth:`Settings.load` (environment and config
+    file). The task modules under ``tasks/`` are included, so a worker built
+    from this app registers them all.
+    """
+    settings = settings or Settings.load()
+    app = LabqCelery(main, set_as_current=False, include=task_modules())
+    app.labq_settings = settings
+    app.conf.update(celery_config(settings))
+    return app

@@ -1,0 +1,195 @@
+"""The ``labq`` command line: a thin click layer over settings, stack and app.
+
+Every option can also be set by the ``LABQ_*`` variable shown in ``--help``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from labq.errors import LabqError
+from labq.settings import Settings
+
+
+class Context:
+    def __init__(self, config: Path | None) -> None:
+        self.config = config
+
+    def settings(self, **overrides: Any) -> Settings:
+        return Settings.load(config_file=self.config, **overrides)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def _option(*decls: str, envvar: str, **kw: Any) -> Any:
+    return click.option(*decls, envvar=envvar, show_envvar=True, **kw)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@_option("--config", "config", envvar="LABQ_CONFIG", default=None,
+         type=click.Path(dir_okay=False, path_type=Path),
+         help="YAML settings file (default: config/labq.yaml when present).")
+@click.version_option(package_name="labq")
+@click.pass_context
+def main(ctx: click.Context, config: Path | None) -> None:
+    """labq: fan device tasks out to prefork workers across lab hosts."""
+    ctx.obj = Context(config)
+
+
+@main.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_ctx
+def config_cmd(ctx: Context, as_json: bool) -> None:
+    """Print the effective settings, secrets masked."""
+    values = ctx.settings().masked()
+    if as_json:
+        click.echo(json.dumps(values, indent=2))
+        return
+    width = max(map(len, values))
+    for key, value in values.items():
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+@contextmanager
+def _terminate_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt, so both tear the stack down."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _ignore_interrupts() -> None:
+    # Teardown is bounded by timeouts; a second Ctrl-C must not cut it short
+    # and leave processes behind.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@main.command()
+@_option("--redis-port", envvar="LABQ_REDIS_PORT", type=int, default=6399, show_default=True,
+         help="Port for the embedded Redis (0 picks a free one).")
+@_option("--flower-port", envvar="LABQ_FLOWER_PORT", type=int, default=None,
+         help="Port for Flower (0 picks a free one).  [default: 5555]")
+@_option("--concurrency", envvar="LABQ_CONCURRENCY", type=int, default=None,
+         help="Prefork children per worker.  [default: 2]")
+@pass_ctx
+def up(ctx: Context, redis_port: int, flower_port: int | None, concurrency: int | None) -> None:
+    """Run Redis, two lab-host workers and Flower on loopback until Ctrl-C."""
+    from labq.stack import Stack
+
+    settings = ctx.settings(flower_port=flower_port, concurrency=concurrency or 2)
+    stack = Stack(settings, redis_port=redis_port)
+    with _terminate_on_sigterm():
+        try:
+            click.echo("starting Redis, workers lab-a and lab-b, and Flower ...")
+            stack.start()
+            _print_stack(stack)
+            while True:
+                stack.check_alive()
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            click.echo("\nstopping ...")
+        finally:
+            _ignore_interrupts()
+            stack.stop()
+    click.echo("stopped; no process of the stack is left")
+
+
+def _print_stack(stack: Any) -> None:
+    s = stack.settings
+    click.echo(f"Redis    {stack.redis.host}:{stack.redis.port} (password protected, AOF on)")
+    click.echo(f"workers  {', '.join(stack.node_names)}")
+    click.echo(f"Flower   {stack.flower_url}  user {s.flower_user!r} "
+               f"password {s.flower_password!r} (printed once)")
+    click.echo(f"logs     {stack.log_dir}")
+    click.echo("\nTo submit from another shell:\n  " + stack.export_line())
+    sys.stdout.flush()
+
+
+@main.command()
+@_option("--queues", "-Q", envvar="LABQ_QUEUES", default="", show_default=True,
+         help="Comma-separated lab segments this host serves; the default queue is always added.")
+@_option("--name", "-n", envvar="LABQ_WORKER_NAME", default=None,
+         help="Worker name, shown in Flower and outcomes.  [default: first queue, else 'worker']")
+@_option("--concurrency", "-c", envvar="LABQ_CONCURRENCY", type=int, default=None,
+         help="Prefork children.  [default: from settings]")
+@_option("--loglevel", "-l", envvar="LABQ_LOGLEVEL", default="INFO", show_default=True)
+@pass_ctx
+def worker(ctx: Context, queues: str, name: str | None, concurrency: int | None,
+           loglevel: str) -> None:
+    """Run a prefork worker for one lab host (wraps ``celery worker``)."""
+    from labq.stack import PROJECT_ROOT, child_env, worker_argv
+
+    settings = ctx.settings(concurrency=concurrency)
+    qs = [q.strip() for q in queues.split(",") if q.strip()]
+    argv = worker_argv(settings, name or (qs[0] if qs else "worker"), qs, loglevel=loglevel)
+    os.chdir(PROJECT_ROOT)
+    os.execve(argv[0], argv, child_env(settings))
+
+
+@main.command()
+@_option("--address", envvar="LABQ_FLOWER_ADDRESS", default=None,
+         help="Address to bind.  [default: 127.0.0.1]")
+@_option("--port", envvar="LABQ_FLOWER_PORT", type=int, default=None, help="[default: 5555]")
+@pass_ctx
+def flower(ctx: Context, address: str | None, port: int | None) -> None:
+    """Run Flower with basic auth (wraps ``celery flower``).
+
+    The password comes from LABQ_FLOWER_PASSWORD; Flower refuses to start
+    without one unless it binds to loopback.
+    """
+    from labq.stack import PROJECT_ROOT, child_env, flower_argv
+
+    settings = ctx.settings(flower_address=address, flower_port=port)
+    if not settings.flower_password and settings.flower_address not in ("127.0.0.1", "::1"):
+        raise click.UsageError(
+            f"Flower on {settings.flower_address!r} needs LABQ_FLOWER_PASSWORD: "
+            "it would otherwise serve the lab without auth"
+        )
+    argv = flower_argv(settings)
+    os.chdir(PROJECT_ROOT)
+    os.execve(argv[0], argv, child_env(settings))
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Leave the stack up after the demo.")
+@_option("--tasks", "count", envvar="LABQ_DEMO_TASKS", type=int, default=24, show_default=True,
+         help="How many diagnostic tasks to fan out.")
+@pass_ctx
+def demo(ctx: Context, keep: bool, count: int) -> None:
+    """Start the embedded stack, fan tasks out, print the results, tear down."""
+    from labq.demo import run_demo
+
+    with _terminate_on_sigterm():
+        code = run_demo(ctx.settings(concurrency=2), count=count, keep=keep)
+    sys.exit(code)
+
+
+def run() -> None:
+    """Console entry point: labq errors become one clear line and exit 2."""
+    try:
+        main(standalone_mode=True)
+    except LabqError as exc:
+        click.echo(f"labq: error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

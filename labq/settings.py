@@ -1,0 +1,214 @@
+"""One typed settings object, read in one place.
+
+Precedence, lowest first: the defaults below, the YAML config file
+(``LABQ_CONFIG``, else ``config/labq.yaml`` when it exists), ``LABQ_*``
+environment variables, then explicit overrides (command-line options).
+Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from labq.errors import ConfigError
+
+ENV_PREFIX = "LABQ_"
+DEFAULT_CONFIG_FILE = Path("config/labq.yaml")
+SECRET_FIELDS = frozenset({"flower_password"})
+URL_FIELDS = frozenset({"broker_url", "result_backend"})
+# Added to the largest hard limit to get the broker's visibility timeout: a
+# task may still be shutting down or acking after its hard limit fired.
+VISIBILITY_MARGIN = 60.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a labq client, worker or embedded stack is configured by.
+
+    Every field can be set by ``LABQ_<FIELD NAME IN CAPITALS>`` or by the key
+    of the same name in the config file.
+    """
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    #: Defaults to ``broker_url`` when empty.
+    result_backend: str = ""
+    testbed: Path = Path("config/testbed.yaml")
+    #: Default soft limit (seconds): the task gets SoftTimeLimitExceeded.
+    soft_time_limit: float = 300.0
+    #: Default hard limit (seconds): the pool kills the child.
+    time_limit: float = 360.0
+    #: The largest hard limit any task may ask for; the broker's visibility
+    #: timeout is derived from it.
+    max_time_limit: float = 3600.0
+    #: Prefork children per worker.
+    concurrency: int = 4
+    #: The queue for tasks whose device names none, consumed by every worker.
+    default_queue: str = "labq"
+    #: Warm shutdown waits this long for running tasks before a cold one.
+    shutdown_timeout: float = 30.0
+    #: Seconds a task result is kept in Redis.
+    result_expires: int = 86400
+    flower_address: str = "127.0.0.1"
+    flower_port: int = 5555
+    flower_user: str = "labq"
+    flower_password: str = ""
+    #: Where the embedded stack keeps Redis data, configs and logs.
+    state_dir: Path = Path(".labq")
+    #: Path of a redis-server binary; empty means PATH, then the wheel's.
+    redis_server: str = ""
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def backend_url(self) -> str:
+        return self.result_backend or self.broker_url
+
+    @property
+    def visibility_timeout(self) -> float:
+        """Seconds before Redis hands an unacked message to another worker.
+
+        It must exceed the longest a task can run, or a running task is
+        delivered a second time (kombu#337, celery#5935).
+        """
+        return self.max_time_limit + self.shutdown_timeout + VISIBILITY_MARGIN
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied, coerced and validated."""
+        return Settings(**{**_as_dict(self), **_coerce_all(changes, "override")})
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``LABQ_*`` variables, for a child process."""
+        return {f"{ENV_PREFIX}{f.name.upper()}": str(getattr(self, f.name)) for f in fields(self)}
+
+    def masked(self) -> dict[str, str]:
+        """Effective settings as strings, with every secret masked."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS:
+                out[f.name] = "****" if value else ""
+            elif f.name in URL_FIELDS:
+                out[f.name] = mask_url(str(value))
+            else:
+                out[f.name] = str(value)
+        out["visibility_timeout"] = str(self.visibility_timeout)
+        return out
+
+    @classmethod
+    def load(
+        cls,
+        env: Mapping[str, str] | None = None,
+        config_file: Path | str | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Read defaults, then the config file, then ``env``, then ``overrides``.
+
+        ``env`` defaults to ``os.environ``. ``config_file`` defaults to
+        ``LABQ_CONFIG``, else ``config/labq.yaml`` when it exists.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        path = Path(config_file or env.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_CONFIG_FILE)
+        explicit = bool(config_file or env.get(f"{ENV_PREFIX}CONFIG"))
+        if path.exists() or explicit:
+            values.update(_coerce_all(_read_config(path), f"{path}"))
+        from_env = {
+            f.name: env[f"{ENV_PREFIX}{f.name.upper()}"]
+            for f in fields(cls)
+            if f"{ENV_PREFIX}{f.name.upper()}" in env
+        }
+        values.update(_coerce_all(from_env, "environment"))
+        values.update(
+            _coerce_all({k: v for k, v in overrides.items() if v is not None}, "override")
+        )
+        return cls(**values)
+
+
+def mask_url(url: str) -> str:
+    """``redis://:secret@host`` becomes ``redis://:****@host``."""
+    return re.sub(r"(//[^:/@]*:)[^@/]+@", r"\1****@", url)
+
+
+def _as_dict(settings: Settings) -> dict[str, Any]:
+    return {f.name: getattr(settings, f.name) for f in fields(settings)}
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError("LABQ_CONFIG", str(path), "no such file") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError("LABQ_CONFIG", str(path), f"not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("LABQ_CONFIG", str(path), "the top level must be a mapping")
+    return data
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "str": str,
+    "Path": Path,
+    "float": float,
+    "int": int,
+}
+
+
+def _coerce_all(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    known = {f.name: f for f in fields(Settings)}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(
+                key, value, f"unknown setting (from {source}); known: {', '.join(sorted(known))}"
+            )
+        out[key] = _coerce(known[key], value, source)
+    return out
+
+
+def _coerce(f: dataclasses.Field[Any], value: Any, source: str) -> Any:
+    kind = _FIELD_TYPES[str(f.type)]
+    name = f"{ENV_PREFIX}{f.name.upper()}"
+    if isinstance(value, bool) or (kind is not str and kind is not Path and value == ""):
+        raise ConfigError(name, value, f"expected {kind.__name__} (from {source})")
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(name, value, f"expected {kind.__name__} (from {source})") from exc
+
+
+def _validate(s: Settings) -> None:
+    def bad(name: str, reason: str) -> ConfigError:
+        return ConfigError(f"{ENV_PREFIX}{name.upper()}", getattr(s, name), reason)
+
+    for name in ("broker_url", "result_backend"):
+        url = getattr(s, name)
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise bad(name, "must be a redis://, rediss:// or unix:// URL")
+    for name in ("soft_time_limit", "time_limit", "max_time_limit", "shutdown_timeout"):
+        if getattr(s, name) <= 0:
+            raise bad(name, "must be a positive number of seconds")
+    if s.soft_time_limit >= s.time_limit:
+        raise bad(
+            "soft_time_limit",
+            f"must be below LABQ_TIME_LIMIT={s.time_limit!r}, or the soft limit never fires",
+        )
+    if s.time_limit > s.max_time_limit:
+        raise bad("time_limit", f"exceeds LABQ_MAX_TIME_LIMIT={s.max_time_limit!r}")
+    if s.concurrency < 1:
+        raise bad("concurrency", "must be at least 1")
+    if not 0 <= s.flower_port <= 65535:
+        raise bad("flower_port", "must be a TCP port, 0 to 65535")
+    if s.result_expires < 1:
+        raise bad("result_expires", "must be at least 1 second")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", s.default_queue):
+        raise bad("default_queue", "use letters, digits, '.', '_' or '-'")
+
