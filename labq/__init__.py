@@ -3,7 +3,6 @@
 The public API is what ``__all__`` lists; everything else may change.
 """
 
-from __future__ import annotations
 
 from labq.app import create_app
 from labq.errors import (

@@ -1,0 +1,181 @@
+"""Flower in a real headless Chromium: auth, both workers online, a task just run.
+
+Chromium is Debian's, driven by the system chromedriver; selenium-manager
+is never asked to download anything. Basic auth travels as an extra HTTP
+header set over the Chrome DevTools Protocol, so it applies to the page and
+to every AJAX request its DataTables make. Screenshots of the workers and
+tasks pages are saved to ``tests/artifacts/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import need
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.support.ui import WebDriverWait
+
+from labq.app import LabqCelery
+from labq.stack import Stack
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,900",
+)
+
+# Cell texts of every row of a DataTable, read in one script call so that an
+# autorefresh redrawing the table cannot leave us holding stale elements.
+TABLE_ROWS_JS = """
+return Array.from(document.querySelectorAll(arguments[0] + ' tbody tr')).map(
+    tr => Array.from(tr.cells).map(td => td.innerText.trim()));
+"""
+
+
+@pytest.fixture(scope="session")
+def chromedriver() -> str:
+    path = shutil.which("chromedriver") or (CHROMEDRIVER if Path(CHROMEDRIVER).exists() else None)
+    need(path is not None, "chromedriver is not installed (apt-get install chromium-driver)")
+    assert path
+    return path
+
+
+@pytest.fixture()
+def browser(chromium: str, chromedriver: str, tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    """A fresh headless Chromium with its own profile and no credentials yet."""
+    options = Options()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    service = Service(executable_path=chromedriver, log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def log_in(driver: webdriver.Chrome, stack: Stack) -> None:
+    """Send Flower's basic-auth header with every request this page makes."""
+    user, password = stack.settings.flower_user, stack.settings.flower_password
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd(
+        "Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}}
+    )
+
+
+def navigation_status(driver: webdriver.Chrome) -> int:
+    """The HTTP status of the document the browser shows now."""
+    status = driver.execute_script(
+        "const nav = performance.getEntriesByType('navigation')[0];"
+        "return nav ? nav.responseStatus : null;"
+    )
+    assert isinstance(status, int), f"no navigation timing entry for {driver.current_url}"
+    return status
+
+
+def table_rows(driver: webdriver.Chrome, selector: str) -> list[list[str]]:
+    rows: Any = driver.execute_script(TABLE_ROWS_JS, selector)
+    return list(rows or [])
+
+
+def screenshot(driver: webdriver.Chrome, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    assert driver.save_screenshot(str(path)), f"could not save {path}"
+    return path
+
+
+def test_flower_refuses_the_browser_without_credentials(
+    browser: webdriver.Chrome, stack: Stack
+) -> None:
+    browser.get(stack.flower_url + "/workers")
+
+    assert navigation_status(browser) == 401
+    # Chromium withholds the 401 body while its (headless, unanswered) auth
+    # prompt is up: nothing of the dashboard reaches the page.
+    assert browser.find_elements("id", "workers-table") == []
+    for node in stack.node_names:
+        assert node not in browser.page_source
+
+
+def test_workers_page_shows_both_workers_online(browser: webdriver.Chrome, stack: Stack) -> None:
+    log_in(browser, stack)
+    browser.get(stack.flower_url + "/workers")
+    assert navigation_status(browser) == 200
+    assert "Flower" in browser.title
+
+    def online(driver: webdriver.Chrome) -> dict[str, str] | None:
+        status = {row[0]: row[1] for row in table_rows(driver, "#workers-table") if len(row) > 1}
+        wanted = {node: status.get(node, "") for node in stack.node_names}
+        return wanted if all(s == "Online" for s in wanted.values()) else None
+
+    try:
+        WebDriverWait(browser, 30, poll_frequency=0.5).until(online)
+        # The summary card is filled by the same AJAX refresh as the table.
+        WebDriverWait(browser, 10, poll_frequency=0.5).until(
+            lambda d: d.find_element("id", "workers-online").text.strip().isdigit()
+        )
+    except TimeoutException:
+        screenshot(browser, "flower-workers.png")
+        pytest.fail(f"workers not online in Flower: {table_rows(browser, '#workers-table')}")
+    shot = screenshot(browser, "flower-workers.png")
+
+    assert int(browser.find_element("id", "workers-online").text) >= len(stack.node_names)
+    assert shot.stat().st_size > 0
+
+
+def test_tasks_page_shows_the_task_just_run(
+    browser: webdriver.Chrome, stack: Stack, app: LabqCelery
+) -> None:
+    result = app.send_task("tasks.diag.echo", kwargs={"value": "browser-check"})
+    assert result.get(timeout=30) == "browser-check"
+    task_id = result.id
+
+    log_in(browser, stack)
+    browser.get(stack.flower_url + "/tasks")
+    assert navigation_status(browser) == 200
+
+    def task_row(driver: webdriver.Chrome) -> list[str] | None:
+        rows = table_rows(driver, "#tasks-table")
+        for row in rows:
+            if "tasks.diag.echo" in row and task_id in row:
+                return row
+        if time.monotonic() > next_refresh[0]:
+            # The tasks DataTable loads once per page view; reload to poll.
+            next_refresh[0] = time.monotonic() + 3
+            driver.refresh()
+        return None
+
+    next_refresh = [time.monotonic() + 3]
+    try:
+        row = WebDriverWait(browser, 30, poll_frequency=0.5).until(task_row)
+    except TimeoutException:
+        screenshot(browser, "flower-tasks.png")
+        pytest.fail(f"{task_id} not on Flower's tasks page: {table_rows(browser, '#tasks-table')}")
+    shot = screenshot(browser, "flower-tasks.png")
+
+    assert "SUCCESS" in row
+    assert any(cell in stack.node_names for cell in row), row
+    assert shot.stat().st_size > 0

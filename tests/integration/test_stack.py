@@ -1,0 +1,139 @@
+"""The embedded stack as a user meets it: `labq up`, workers, Redis, limits."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+from conftest import need
+from labq.app import LabqCelery
+from labq.stack import Stack
+
+LABQ = str(Path(sys.executable).with_name("labq"))
+
+
+def test_both_workers_answer_ping(app: LabqCelery, stack: Stack) -> None:
+    replies = app.control.ping(timeout=2)
+    names = {name for reply in replies for name in reply}
+    assert set(stack.node_names) <= names
+
+
+def test_celery_inspect_ping_from_a_shell(stack: Stack) -> None:
+    env = {**os.environ, "LABQ_BROKER_URL": stack.settings.broker_url}
+    out = subprocess.run([sys.executable, "-m", "celery", "-A", "tasks", "inspect", "ping"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for name in stack.node_names:
+        assert f"{name}: OK" in out.stdout
+
+
+def test_redis_refuses_clients_without_the_password(stack: Stack) -> None:
+    assert stack.redis is not None
+    anonymous = redis.Redis(host=stack.redis.host, port=stack.redis.port)
+    with pytest.raises((redis.AuthenticationError, redis.ResponseError), match="(?i)auth"):
+        anonymous.ping()
+    assert redis.Redis.from_url(stack.settings.broker_url).config_get("appendonly") == {
+        "appendonly": "yes"}
+
+
+@pytest.mark.parametrize("queue", ["lab-a", "lab-b"])
+def test_a_queue_is_served_by_its_own_host(app: LabqCelery, queue: str) -> None:
+    results = [app.send_task("tasks.diag.echo", kwargs={"value": i}, queue=queue)
+               for i in range(6)]
+    assert [r.get(timeout=30) for r in results] == list(range(6))
+    assert {r.worker.split("@")[0] for r in results} == {queue}
+
+
+def test_hard_limit_kills_the_task_and_the_worker_keeps_serving(app: LabqCelery) -> None:
+    res = app.send_task("tasks.diag.stubborn", kwargs={"seconds": 60}, queue="lab-a",
+                        soft_time_limit=0.5, time_limit=1.5)
+    with pytest.raises(TimeLimitExceeded):
+        res.get(timeout=30)
+    assert res.state == "FAILURE"
+    after = app.send_task("tasks.diag.echo", kwargs={"value": "still here"}, queue="lab-a")
+    assert after.get(timeout=30) == "still here"
+    assert after.worker.startswith("lab-a@")
+
+
+def test_soft_limit_interrupts_the_task(app: LabqCelery) -> None:
+    res = app.send_task("tasks.diag.sleep", kwargs={"seconds": 30}, queue="lab-b",
+                        soft_time_limit=0.5, time_limit=10)
+    with pytest.raises(SoftTimeLimitExceeded):
+        res.get(timeout=30)
+
+
+def test_a_failure_carries_the_remote_error(app: LabqCelery) -> None:
+    res = app.send_task("tasks.diag.fail", kwargs={"message": "boom-42"})
+    res.get(timeout=30, propagate=False)
+    assert res.state == "FAILURE" and "boom-42" in str(res.result)
+    assert "RuntimeError" in (res.traceback or "")
+
+
+def _start_up(tmp_path: Path, path_env: str) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, "LABQ_STATE_DIR": str(tmp_path), "PATH": path_env,
+           "LABQ_SHUTDOWN_TIMEOUT": "5"}
+    proc = subprocess.Popen([LABQ, "up", "--redis-port", "0", "--flower-port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    lines = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "export LABQ_BROKER_URL" in line:
+            return proc, "".join(lines)
+    proc.kill()
+    pytest.fail("labq up did not become ready:\n" + "".join(lines))
+
+
+@pytest.mark.parametrize("with_system_redis", [True, False], ids=["path-redis", "wheel-redis"])
+def test_labq_up_serves_and_ctrl_c_leaves_nothing_behind(
+    tmp_path: Path, with_system_redis: bool
+) -> None:
+    # Without system redis, PATH holds only the venv: the wheel's binary must be used.
+    if with_system_redis:
+        need(shutil.which("redis-server") is not None, "no redis-server on PATH")
+    path_env = os.environ["PATH"] if with_system_redis else str(Path(sys.executable).parent)
+    proc, banner = _start_up(tmp_path, path_env)
+    try:
+        assert "Flower" in banner and "password" in banner
+        family = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        names = " ".join(" ".join(psutil.Process(p).cmdline()) for p in family)
+        assert "redis-server" in names and names.count("worker") >= 2 and "flower" in names
+        redis_exe = next(psutil.Process(p).exe() for p in family
+                         if "redis-server" in psutil.Process(p).name())
+        from_wheel = Path(redis_exe).resolve().is_relative_to(Path(sys.prefix).resolve())
+        assert from_wheel is not with_system_redis
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "no process of the stack is left" in out
+    left = [p for p in family if psutil.pid_exists(p) and
+            psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert left == []
+
+
+def test_labq_config_masks_secrets_and_names_bad_values() -> None:
+    env = {**os.environ, "LABQ_BROKER_URL": "redis://:topsecret@127.0.0.1:1/0",
+           "LABQ_FLOWER_PASSWORD": "alsosecret"}
+    out = subprocess.run([LABQ, "config"], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    assert "topsecret" not in out.stdout and "alsosecret" not in out.stdout
+    assert "redis://:****@127.0.0.1:1/0" in out.stdout
+    bad = subprocess.run([LABQ, "config"], env={**env, "LABQ_CONCURRENCY": "lots"},
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2
+    assert "LABQ_CONCURRENCY='lots'" in bad.stderr

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import labq
+from labq.app import check_pool, create_app
+from labq.errors import ConfigError
+from labq.settings import Settings
+
+
+def settings(**kw: object) -> Settings:
+    return Settings.load(env={}, config_file=os.devnull, **kw)
+
+
+def test_production_defaults() -> None:
+    conf = create_app(settings()).conf
+    assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+    assert conf.result_accept_content == ["json"]
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.worker_send_task_events and conf.task_send_sent_event
+    assert conf.task_track_started
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss
+    assert conf.worker_soft_shutdown_timeout > 0
+    assert conf.worker_pool == "prefork"
+
+
+def test_visibility_timeout_is_derived_from_the_largest_hard_limit() -> None:
+    s = settings(max_time_limit=900, time_limit=600, soft_time_limit=500)
+    conf = create_app(s).conf
+    assert conf.broker_transport_options["visibility_timeout"] == s.visibility_timeout > 900
+    assert conf.task_time_limit == 600 and conf.task_soft_time_limit == 500
+
+
+def test_apps_are_independent() -> None:
+    a = create_app(settings(concurrency=2))
+    b = create_app(settings(concurrency=3))
+    assert (a.conf.worker_concurrency, b.conf.worker_concurrency) == (2, 3)
+
+
+def test_diag_tasks_are_registered() -> None:
+    app = create_app(settings())
+    app.loader.import_default_modules()
+    assert {"tasks.diag.echo", "tasks.diag.sleep", "tasks.diag.burn",
+            "tasks.diag.stubborn"} <= set(app.tasks)
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo", "gevent", "eventlet"])
+def test_pools_without_time_limits_are_refused(pool: str) -> None:
+    with pytest.raises(ConfigError, match=f"'{pool}'.*prefork"):
+        check_pool(pool)
+
+
+def test_prefork_is_accepted() -> None:
+    from celery.concurrency.prefork import TaskPool
+
+    check_pool("prefork")
+    check_pool(TaskPool)
+
+
+def test_worker_refuses_threads_pool() -> None:
+    app = create_app(settings())
+    with pytest.raises(ConfigError, match="threads"):
+        app.Worker(pool="threads", concurrency=1)
+
+
+def test_public_api_is_exactly_all() -> None:
+    public = {n for n in dir(labq) if not n.startswith("_")}
+    modules = {n for n in public if type(getattr(labq, n)).__name__ == "module"}
+    assert public - modules == set(labq.__all__)
+    for name in labq.__all__:
+        assert getattr(labq, name).__module__.startswith("labq.")
+
+
+def test_every_error_derives_from_the_root() -> None:
+    from labq import errors
+
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
+    assert all(issubclass(c, labq.LabqError) for c in classes)
+    assert all(c.__doc__ for c in classes)
