@@ -14,9 +14,9 @@ from typing import Any
 
 from celery import Celery
 from celery.apps.worker import Worker as CeleryWorker
-from kombu import Exchange, Queue
 
 from labq.errors import ConfigError
+from labq.routing import DeviceRouter
 from labq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_soft_shutdown_timeout": settings.shutdown_timeout,
         "worker_hijack_root_logger": False,
         "task_default_queue": default,
-        "task_queues": [Queue(default, Exchange(default), routing_key=default)],
         "task_create_missing_queues": True,
+        "task_routes": (DeviceRouter(settings.testbed, default),),
         "worker_lost_wait": 10.0,
         "broker_pool_limit": 10,
     }
@@ -126,7 +126,8 @@ def create_app(settings: Settings | None = None, *, main: str = "labq") -> LabqC
     from this app registers them all.
     """
     settings = settings or Settings.load()
-    app = LabqCelery(main, set_as_current=False, include=task_modules())
+    app = LabqCelery(main, set_as_current=False, include=task_modules(),
+                     task_cls="labq.task_base:LabqTask")
     app.labq_settings = settings
     app.conf.update(celery_config(settings))
     return app

@@ -182,6 +182,22 @@ def demo(ctx: Context, keep: bool, count: int) -> None:
     sys.exit(code)
 
 
+@main.command()
+@_option("--testbed", envvar="LABQ_TESTBED", default=None,
+         type=click.Path(dir_okay=False, path_type=Path), help="Testbed YAML.  [default: from settings]")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_ctx
+def devices(ctx: Context, testbed: Path | None, as_json: bool) -> None:
+    """List every device with its queue, lease holders and waiters."""
+    from labq.inventory import device_rows, print_device_rows
+
+    rows = device_rows(ctx.settings(testbed=testbed))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_device_rows(rows)
+
+
 def run() -> None:
     """Console entry point: labq errors become one clear line and exit 2."""
     try:

@@ -7,6 +7,12 @@ wrapped at the boundary with ``raise ... from``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from labq.outcome import Outcome
+
 
 class LabqError(Exception):
     """Root of every error labq raises on purpose."""
@@ -42,3 +48,164 @@ class TimeLimitError(LabqError):
     """A soft or hard time limit is invalid: not positive, the soft limit at
     or above the hard one, or a hard limit above ``max_time_limit`` (which the
     broker's visibility timeout is derived from)."""
+
+
+class LeaseError(LabqError):
+    """A device lease request is malformed: an empty device or holder name, a
+    device name ending in a reserved key suffix (``:info``, ``:seen``),
+    ``max_sessions`` below 1, or a TTL that is not positive.
+
+    Raised by :class:`labq.lease.Leases` before anything is sent to Redis.
+    """
+
+
+class DeviceBusy(LabqError):
+    """A device task waited for its device's lease longer than its lease
+    timeout. The message names the device, how long the task waited and who
+    held the device at the end (task ids)."""
+
+    def __init__(self, device: str, waited: float, holders: list[str]) -> None:
+        self.device = device
+        self.waited = waited
+        self.holders = list(holders)
+        # args, not the message: Celery's JSON result backend rebuilds the
+        # exception as cls(*args), so this round-trips.
+        super().__init__(device, waited, self.holders)
+
+    def __str__(self) -> str:
+        held_by = ", ".join(self.holders) or "nobody (queued behind earlier waiters)"
+        return (f"device {self.device!r} still busy after waiting {self.waited:.1f} s; "
+                f"held by {held_by}")
+
+
+class TestbedError(LabqError):
+    """A testbed file (or a pyATS testbed object) is invalid: bad YAML, a
+    missing or unknown key, a value of the wrong type, or an unset
+    ``%ENV{VAR}``.
+
+    The message names the file, the device and the bad key or value, as in
+    ``config/testbed.yaml: device 'r3': custom.labq.max_sessions='two': must
+    be a positive integer``. A password's value is never shown.
+    """
+
+    __test__ = False  # not a pytest test class, whatever its name says
+
+    def __init__(self, source: str, reason: str, device: str | None = None,
+                 key: str | None = None) -> None:
+        self.source = source
+        self.reason = reason
+        self.device = device
+        #: The dotted key, with ``=value`` appended when the value is shown.
+        self.key = key
+        # args, not the message: the JSON result backend rebuilds cls(*args).
+        super().__init__(source, reason, device, key)
+
+    def __str__(self) -> str:
+        where = [self.source]
+        if self.device is not None:
+            where.append(f"device {self.device!r}")
+        if self.key is not None:
+            where.append(self.key)
+        return f"{': '.join(where)}: {self.reason}"
+
+
+class UnknownDevice(LabqError):
+    """A device name is not in the testbed; raised at submit time, before
+    anything is queued, and on a worker whose testbed lacks the device.
+
+    The message lists the closest names the testbed does have.
+    """
+
+    def __init__(self, name: str, testbed: str, close_matches: list[str]) -> None:
+        self.name = name
+        self.testbed = testbed
+        self.close_matches = list(close_matches)
+        super().__init__(name, testbed, self.close_matches)
+
+    def __str__(self) -> str:
+        hint = (f"; did you mean {', '.join(map(repr, self.close_matches))}?"
+                if self.close_matches else "; no device has a similar name")
+        return f"unknown device {self.name!r} in testbed {self.testbed!r}{hint}"
+
+
+class SimLabError(StackError):
+    """The simulated lab failed to start or to become ready in time, or its
+    control endpoint cannot be reached. The message names the testbed or the
+    control URL."""
+
+
+class DriverError(LabqError):
+    """A device names no usable driver or connection, or the driver is not
+    installed (unicon without the ``pyats`` extra)."""
+
+
+class DeviceError(LabqError):
+    """Base of the errors about one device; carries ``device`` and ``address``.
+
+    The single positional argument is the message, so Celery's JSON result
+    encoding rebuilds these errors on the client unchanged.
+    """
+
+    def __init__(self, message: str, *, device: str = "", address: str = "") -> None:
+        super().__init__(message)
+        self.device = device
+        self.address = address
+
+
+class DeviceUnreachable(DeviceError):
+    """The worker could not open a connection to the device: refused, timed
+    out or dropped while logging in. Names the device and the address."""
+
+    @classmethod
+    def at(cls, device: str, address: str, reason: str = "") -> DeviceUnreachable:
+        detail = f": {reason}" if reason else ""
+        return cls(f"device {device!r} at {address} is unreachable{detail}",
+                   device=device, address=address)
+
+
+class AuthenticationFailed(DeviceError):
+    """The device refused the credentials from the testbed. Names the device
+    and the address, never the credentials."""
+
+    @classmethod
+    def at(cls, device: str, address: str) -> AuthenticationFailed:
+        return cls(f"device {device!r} at {address} refused the login credentials",
+                   device=device, address=address)
+
+
+class TaskCancelled(LabqError):
+    """Raised inside a task whose run was cancelled: before it starts (the
+    durable cancel flag in Redis) or when the cancel interrupts it."""
+
+
+class SubmitError(LabqError):
+    """A task could not be submitted: an argument that is not JSON, a task
+    name no module under ``tasks/`` registers, or a run that is closed.
+    Nothing was queued for that call."""
+
+
+class RunError(LabqError):
+    """Base of the errors a run raises to the testscript. ``outcomes`` holds
+    every outcome gathered so far, in call order where the run knows it."""
+
+    def __init__(self, message: str, outcomes: Sequence[Outcome] = ()) -> None:
+        super().__init__(message)
+        self.outcomes = list(outcomes)
+
+
+class TaskFailed(RunError):
+    """A call of :func:`labq.pcall` failed on its worker. ``outcome`` is the
+    failed one; ``error`` its remote error (type name, message, traceback)."""
+
+    def __init__(self, outcome: Outcome, outcomes: Sequence[Outcome] = ()) -> None:
+        err = outcome.error
+        what = f"{err.type}: {err.message}" if err else outcome.status.value
+        where = f" on {outcome.device!r}" if outcome.device else ""
+        super().__init__(f"{outcome.task}{where} {outcome.status.value}: {what}", outcomes)
+        self.outcome = outcome
+        self.error = err
+
+
+class RunTimeout(RunError):
+    """A run or :func:`labq.pcall` reached its timeout. What still ran was
+    cancelled; ``outcomes`` holds what finished and the cancelled rest."""

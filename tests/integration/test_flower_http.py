@@ -7,6 +7,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from email.message import Message
 
 import pytest
 
@@ -23,15 +24,15 @@ def credentials(stack: Stack) -> dict[str, str]:
     return basic(stack.settings.flower_user, stack.settings.flower_password)
 
 
-def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
-    """GET ``url``; the status, headers and body, also for an HTTP error."""
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Message, str]:
+    """GET ``url``; the status, headers (case-insensitive) and body, also for an HTTP error."""
     req = urllib.request.Request(url, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, dict(resp.headers), resp.read().decode()
+            return resp.status, resp.headers, resp.read().decode()
     except urllib.error.HTTPError as exc:
         with exc:
-            return exc.code, dict(exc.headers), exc.read().decode(errors="replace")
+            return exc.code, exc.headers, exc.read().decode(errors="replace")
 
 
 def test_api_workers_lists_both_workers_with_credentials(stack: Stack) -> None:
@@ -75,7 +76,8 @@ def test_dashboard_asks_the_browser_for_basic_auth(stack: Stack) -> None:
 
 
 def test_metrics_serve_prometheus_text_with_flower_metrics(stack: Stack, app: LabqCelery) -> None:
-    assert app.send_task("tasks.diag.echo", kwargs={"value": "metrics"}).get(timeout=30) == "metrics"
+    result = app.send_task("tasks.diag.echo", kwargs={"value": "metrics"})
+    assert result.get(timeout=30) == "metrics"
 
     wanted = [f'flower_worker_online{{worker="{node}"}} 1.0' for node in stack.node_names]
     wanted.append('type="task-succeeded"')
@@ -93,8 +95,11 @@ def test_metrics_serve_prometheus_text_with_flower_metrics(stack: Stack, app: La
     # Prometheus exposition format: HELP and TYPE lines for Flower's own metrics.
     assert "# TYPE flower_events_total counter" in body
     assert "# HELP flower_worker_online" in body
-    events = [line for line in body.splitlines()
-              if line.startswith("flower_events_total{") and 'task="tasks.diag.echo"' in line]
+    events = [
+        line
+        for line in body.splitlines()
+        if line.startswith("flower_events_total{") and 'task="tasks.diag.echo"' in line
+    ]
     assert any('type="task-succeeded"' in line for line in events), events
     for line in events:
         value = float(line.rsplit(" ", 1)[1])

@@ -14,8 +14,8 @@ import psutil
 import pytest
 import redis
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-
 from conftest import need
+
 from labq.app import LabqCelery
 from labq.stack import Stack
 
@@ -40,7 +40,7 @@ def test_celery_inspect_ping_from_a_shell(stack: Stack) -> None:
 def test_redis_refuses_clients_without_the_password(stack: Stack) -> None:
     assert stack.redis is not None
     anonymous = redis.Redis(host=stack.redis.host, port=stack.redis.port)
-    with pytest.raises((redis.AuthenticationError, redis.ResponseError), match="(?i)auth"):
+    with pytest.raises((redis.AuthenticationError, redis.ResponseError), match=r"(?i)auth"):
         anonymous.ping()
     assert redis.Redis.from_url(stack.settings.broker_url).config_get("appendonly") == {
         "appendonly": "yes"}

@@ -1,0 +1,188 @@
+"""``@device_task``: lease, connect, run, disconnect and release, on every exit path.
+
+The task is called with ``device="r1"``. On the worker it then:
+
+1. resolves the device from the worker's own testbed (credentials never
+   travel in the message);
+2. runs on the device's queue (the router in :mod:`labq.routing` chose it);
+3. takes the device lease, or gives its prefork slot back and retries later
+   while keeping its place in the device's FIFO wait list;
+4. connects with the device's driver;
+5. calls the function with the session;
+6. disconnects and releases, also on an error or a soft timeout.
+
+A hard kill skips step 6 in the child; :class:`DeviceRequest` runs in the
+worker's main process and releases the lease at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+from billiard.exceptions import WorkerLostError
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.worker.request import Request
+
+from labq.drivers import open_session
+from labq.task_base import LabqTask
+from labq.lease import Grant, Leases, Renewer
+from labq.testbed import Device, Testbed, load_testbed
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: How long a task waits for a busy device inside its slot before it gives
+#: the slot back and retries.
+IN_SLOT_WAIT = 1.0
+#: Countdown of the retry that gives the slot back.
+RETRY_AFTER = 0.5
+
+
+@dataclass
+class _WorkerContext:
+    pid: int
+    testbed: Testbed | None
+    testbed_key: tuple[str, float]
+    leases: Leases
+
+    def device(self, name: str) -> Device:
+        assert self.testbed is not None
+        return self.testbed.device(name)
+
+
+_context: _WorkerContext | None = None
+
+
+def worker_context(app: Any) -> _WorkerContext:
+    """Per-process testbed and lease client, rebuilt after a fork or a testbed edit."""
+    global _context
+    path = Path(app.labq_settings.testbed)
+    key = (str(path), path.stat().st_mtime if path.exists() else 0.0)
+    if _context is None or _context.pid != os.getpid():
+        client = redis.Redis.from_url(app.labq_settings.broker_url)
+        _context = _WorkerContext(os.getpid(), None, ("", 0.0), Leases(client))
+    if _context.testbed is None or _context.testbed_key != key:
+        _context.testbed = load_testbed(path)
+        _context.testbed_key = key
+    return _context
+
+
+def release_leases_of(app: Any, task_id: str) -> list[str]:
+    """Release every lease ``task_id`` holds; used by the main process on a kill."""
+    try:
+        return worker_context(app).leases.release_all(task_id)
+    except Exception:
+        log.exception("could not release the leases of task %s; they expire by TTL", task_id)
+        return []
+
+
+class DeviceRequest(Request):  # type: ignore[misc]
+    """The worker main process's view of a device task: frees leases on a kill."""
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        super().on_timeout(soft, timeout)
+        if not soft:
+            released = release_leases_of(self.task.app, self.id)
+            log.warning("hard time limit: task %s killed, released %s", self.id, released)
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True,
+                   return_ok: bool = False) -> None:
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+        if isinstance(getattr(exc_info, "exception", None), WorkerLostError):
+            release_leases_of(self.task.app, self.id)
+
+
+class DeviceTask(LabqTask):
+    """Base class of every ``@device_task``."""
+
+    Request = "labq.device_task:DeviceRequest"
+    labq_device_task = True
+    #: Seconds a task may wait for its device before it fails with DeviceBusy.
+    lease_timeout: float = 300.0
+    connect_timeout: float = 10.0
+
+
+def device_task(
+    fn: F | None = None,
+    *,
+    name: str | None = None,
+    soft_time_limit: float | None = None,
+    time_limit: float | None = None,
+    lease_timeout: float = 300.0,
+    connect_timeout: float = 10.0,
+    idempotent: bool = False,
+    session: bool = True,
+) -> Any:
+    """Turn ``fn(session, **kwargs)`` into a Celery task called as ``task(device=..., **kwargs)``.
+
+    With ``session=False`` the function gets the resolved
+    :class:`~labq.testbed.Device` instead, and no lease or connection is taken.
+    """
+
+    def wrap(func: F) -> Any:
+        task_name = name or f"{func.__module__}.{func.__name__}"
+
+        def run(self: DeviceTask, device: str, **kwargs: Any) -> Any:
+            if not session:
+                return func(worker_context(self.app).device(device), **kwargs)
+            return _run_on_device(self, func, device, kwargs)
+
+        run.__name__ = func.__name__
+        run.__doc__ = func.__doc__
+        run.__module__ = func.__module__
+        return shared_task(
+            run, bind=True, base=DeviceTask, name=task_name,
+            soft_time_limit=soft_time_limit, time_limit=time_limit,
+            lease_timeout=lease_timeout, connect_timeout=connect_timeout,
+            idempotent=idempotent, acks_late=True,
+            reject_on_worker_lost=idempotent,
+        )
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def _run_on_device(task: DeviceTask, func: Callable[..., Any], device: str,
+                   kwargs: dict[str, Any]) -> Any:
+    ctx = worker_context(task.app)
+    dev = ctx.device(device)
+    grant = _take_lease(task, ctx.leases, dev.name, dev.max_sessions)
+    try:
+        with Renewer(ctx.leases, grant):
+            session = open_session(dev, task.connect_timeout)
+            try:
+                return func(session, **kwargs)
+            except SoftTimeLimitExceeded:
+                # The device may be mid-command: drop the link, don't say goodbye.
+                session.abort()
+                raise
+            finally:
+                session.close()
+    finally:
+        ctx.leases.release(dev.name, task.request.id)
+
+
+def _take_lease(task: DeviceTask, leases: Leases, device: str, max_sessions: int) -> Grant:
+    holder = task.request.id
+    deadline = time.monotonic() + IN_SLOT_WAIT
+    while True:
+        answer = leases.acquire(device, holder, max_sessions,
+                                task=task.name, worker=task.request.hostname or "")
+        if isinstance(answer, Grant):
+            return answer
+        if answer.waited > task.lease_timeout:
+            leases.abandon_wait(device, holder)
+            raise answer.busy()
+        if time.monotonic() > deadline:
+            # Give the prefork slot back; the wait-list place is kept by task id.
+            raise task.retry(countdown=RETRY_AFTER, max_retries=None)
+        time.sleep(0.05)
+

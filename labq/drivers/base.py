@@ -1,0 +1,88 @@
+"""The driver-neutral session and the choice of driver for a device."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from labq.errors import DriverError
+
+if TYPE_CHECKING:
+    from labq.testbed import Connection, Device
+
+
+class Session(abc.ABC):
+    """An open connection to one device, the same on every driver."""
+
+    driver: str = ""
+
+    def __init__(self, device: Device, connection: Connection) -> None:
+        self.device = device
+        self.connection = connection
+        self.closed = False
+
+    @property
+    @abc.abstractmethod
+    def native(self) -> Any:
+        """The driver's own connection object, for what the session lacks."""
+
+    @abc.abstractmethod
+    def execute(self, command: str, timeout: float | None = None) -> str:
+        """Run one command and return its output, without the prompt."""
+
+    @abc.abstractmethod
+    def configure(self, lines: Sequence[str]) -> str:
+        """Enter configuration mode, apply ``lines``, leave it; return the transcript."""
+
+    def close(self) -> None:
+        """Disconnect gracefully, bounded in time; a no-op once closed."""
+        if not self.closed:
+            self.closed = True
+            self._disconnect()
+
+    def abort(self) -> None:
+        """Drop the connection at once, after a timeout left it in an unknown state."""
+        if not self.closed:
+            self.closed = True
+            self._drop()
+
+    @abc.abstractmethod
+    def _disconnect(self) -> None: ...
+
+    @abc.abstractmethod
+    def _drop(self) -> None: ...
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.device.name} via {self.connection.name}>"
+
+
+def choose_driver(device: Device) -> tuple[str, Connection]:
+    """The driver name and connection to use for ``device``."""
+    if not device.connections:
+        raise DriverError(f"device {device.name!r} has no connections")
+    conn = device.connection
+    if device.driver or conn.driver:
+        return str(device.driver or conn.driver), conn
+    if conn.command or (device.connection_class or "").startswith("unicon"):
+        return "unicon", conn
+    return "netmiko", conn
+
+
+def open_session(device: Device, connect_timeout: float = 10.0) -> Session:
+    """Connect to ``device`` with its driver.
+
+    Raises :class:`~labq.errors.DeviceUnreachable` or
+    :class:`~labq.errors.AuthenticationFailed` naming the device and address.
+    """
+    driver, conn = choose_driver(device)
+    if driver == "netmiko":
+        from labq.drivers.netmiko import NetmikoSession
+
+        return NetmikoSession.connect(device, conn, connect_timeout)
+    if driver == "unicon":
+        from labq.drivers.unicon import UniconSession
+
+        session: Session = UniconSession.connect(device, conn, connect_timeout)
+        return session
+    raise DriverError(f"device {device.name!r}: unknown driver {driver!r}; use netmiko or unicon")

@@ -1,0 +1,129 @@
+"""One self-contained HTML file per run: a timeline, a summary and every output.
+
+No scripts and no external assets: it opens offline, from a mail attachment
+or a CI artifact. The timeline is inline SVG, one lane per prefork slot.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from labq.outcome import Outcome, Status
+
+COLOURS = {
+    Status.SUCCEEDED: "#2e9d4f",
+    Status.FAILED: "#d23c3c",
+    Status.SOFT_TIMEOUT: "#e8a33d",
+    Status.HARD_TIMEOUT: "#8e3cd2",
+    Status.CANCELLED: "#8a8a8a",
+    Status.LOST: "#3c6fd2",
+    Status.RUNNING: "#9ecbf0",
+    Status.QUEUED: "#dddddd",
+}
+LANE_HEIGHT = 22
+LABEL_WIDTH = 190
+PLOT_WIDTH = 900
+
+_CSS = """
+body{font:14px system-ui,sans-serif;margin:24px;color:#222}
+h1{font-size:20px} h2{font-size:16px;margin-top:28px}
+table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f3f3f3} .num{text-align:right}
+.swatch{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}
+pre{background:#f7f7f7;padding:8px;max-height:320px;overflow:auto;white-space:pre-wrap}
+details{margin:4px 0} summary{cursor:pointer}
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _lane(o: Outcome) -> str:
+    return o.slot or (f"{o.worker}/?" if o.worker else "(never started)")
+
+
+def timeline_svg(outcomes: Sequence[Outcome]) -> str:
+    """Bars from start to finish, one lane per worker slot, coloured by status."""
+    started = [o for o in outcomes if o.started_at]
+    if not started:
+        return "<p>No task started.</p>"
+    t0 = min(o.started_at for o in started if o.started_at)
+    ends = [o.finished_at or o.started_at for o in started]
+    span = max(0.001, max((e - t0).total_seconds() for e in ends if e))
+    lanes = sorted({_lane(o) for o in started})
+    height = LANE_HEIGHT * len(lanes) + 30
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{LABEL_WIDTH + PLOT_WIDTH + 20}" '
+             f'height="{height}" role="img" aria-label="timeline">']
+    for i, lane in enumerate(lanes):
+        y = i * LANE_HEIGHT
+        parts.append(f'<text x="4" y="{y + 15}" font-size="12" class="lane">{_esc(lane)}</text>'
+                     f'<line x1="{LABEL_WIDTH}" x2="{LABEL_WIDTH + PLOT_WIDTH}" y1="{y + LANE_HEIGHT}"'
+                     f' y2="{y + LANE_HEIGHT}" stroke="#eee"/>')
+    for o in started:
+        assert o.started_at
+        end = o.finished_at or o.started_at
+        x = LABEL_WIDTH + (o.started_at - t0).total_seconds() / span * PLOT_WIDTH
+        w = max(2.0, (end - o.started_at).total_seconds() / span * PLOT_WIDTH)
+        y = lanes.index(_lane(o)) * LANE_HEIGHT + 3
+        tip = f"{o.device or o.task} {o.status.value} {o.duration or 0:.2f}s"
+        parts.append(f'<rect class="bar" x="{x:.1f}" y="{y}" width="{w:.1f}" '
+                     f'height="{LANE_HEIGHT - 6}" fill="{COLOURS[o.status]}" '
+                     f'data-status="{o.status.value}"><title>{_esc(tip)}</title></rect>')
+    axis_y = len(lanes) * LANE_HEIGHT + 18
+    for k in range(6):
+        x = LABEL_WIDTH + k * PLOT_WIDTH / 5
+        parts.append(f'<text x="{x:.0f}" y="{axis_y}" font-size="11" fill="#666">'
+                     f'{span * k / 5:.1f}s</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _summary(outcomes: Sequence[Outcome]) -> str:
+    counts = Counter(o.status for o in outcomes)
+    rows = "".join(
+        f'<tr><td><span class="swatch" style="background:{COLOURS[s]}"></span>{s.value}</td>'
+        f'<td class="num">{counts[s]}</td></tr>' for s in Status if counts[s])
+    return f"<table><tr><th>status</th><th>tasks</th></tr>{rows}</table>"
+
+
+def _details(outcomes: Sequence[Outcome]) -> str:
+    rows = []
+    for o in outcomes:
+        body = ""
+        if o.value is not None:
+            text = o.value if isinstance(o.value, str) else json.dumps(o.value, indent=2)
+            body += f"<details><summary>output</summary><pre>{_esc(text)}</pre></details>"
+        if o.error is not None:
+            body += (f"<details open><summary>{_esc(o.error.type)}: {_esc(o.error.message)}"
+                     f"</summary><pre>{_esc(o.error.traceback)}</pre></details>")
+        dur = f"{o.duration:.2f}" if o.duration is not None else ""
+        rows.append(
+            f'<tr><td>{_esc(o.device or "")}</td><td>{_esc(o.task)}</td>'
+            f'<td><span class="swatch" style="background:{COLOURS[o.status]}"></span>'
+            f'{o.status.value}</td><td>{_esc(o.worker or "")}</td><td class="num">{dur}</td>'
+            f"<td>{body}</td></tr>")
+    return ("<table><tr><th>device</th><th>task</th><th>status</th><th>worker</th>"
+            f"<th>seconds</th><th>output / error</th></tr>{''.join(rows)}</table>")
+
+
+def render(run_id: str, outcomes: Sequence[Outcome]) -> str:
+    made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+            f"<title>labq run {_esc(run_id)}</title><style>{_CSS}</style></head><body>"
+            f"<h1>labq run {_esc(run_id)}</h1><p>{len(outcomes)} tasks, written {made}</p>"
+            f"<h2>Timeline</h2>{timeline_svg(outcomes)}"
+            f"<h2>Summary</h2>{_summary(outcomes)}"
+            f"<h2>Devices</h2>{_details(outcomes)}</body></html>")
+
+
+def write_report(path: Path, run_id: str, outcomes: Sequence[Outcome]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(run_id, outcomes), encoding="utf-8")
+    return path

@@ -1,0 +1,325 @@
+"""Runs: submit device tasks now, gather their outcomes later.
+
+A :class:`Run` tags every task with its id and the testscript's name,
+gathers outcomes from the raw result records in Redis, streams the tasks'
+log lines, shows progress, and cancels durably: a flag in Redis stops queued
+tasks even across worker restarts, a soft interrupt stops running ones, and
+a hard kill follows after a grace period.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import redis
+from kombu.exceptions import OperationalError
+
+from labq.app import LabqCelery, create_app
+from labq.errors import (
+    BrokerUnavailable,
+    RunTimeout,
+    SubmitError,
+    TimeLimitError,
+)
+from labq.outcome import Outcome, Status, outcome_from_meta
+from labq.progress import Progress
+from labq.settings import Settings, mask_url
+from labq.task_base import (
+    RUN_KWARG,
+    RUN_TTL,
+    SCRIPT_KWARG,
+    cancel_key,
+    log_key,
+    starts_key,
+)
+
+#: Seconds between the soft interrupt of a cancel and the hard kill.
+DEFAULT_GRACE = 5.0
+POLL_INTERVAL = 0.1
+
+
+def _script_name() -> str:
+    return Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+
+
+def check_limits(soft: float | None, hard: float | None, settings: Settings) -> None:
+    """Refuse limits that cannot work, naming the values."""
+    for name, value in (("soft_time_limit", soft), ("time_limit", hard)):
+        if value is not None and value <= 0:
+            raise TimeLimitError(f"{name}={value!r}: must be a positive number of seconds")
+    eff_soft = settings.soft_time_limit if soft is None else soft
+    eff_hard = settings.time_limit if hard is None else hard
+    if eff_soft >= eff_hard:
+        raise TimeLimitError(
+            f"soft_time_limit={eff_soft!r} must be below time_limit={eff_hard!r}, "
+            "or the soft limit never fires")
+    if eff_hard > settings.max_time_limit:
+        raise TimeLimitError(
+            f"time_limit={eff_hard!r} exceeds max_time_limit={settings.max_time_limit!r}: "
+            "the broker would hand the task to a second worker while it still runs "
+            "(raise LABQ_MAX_TIME_LIMIT on workers and clients alike)")
+
+
+class Run:
+    """A named group of tasks, gathered and cancelled together."""
+
+    def __init__(self, name: str = "run", *, soft_time_limit: float | None = None,
+                 time_limit: float | None = None, app: LabqCelery | None = None,
+                 settings: Settings | None = None, progress: bool | None = None,
+                 logs: bool = True, grace: float = DEFAULT_GRACE) -> None:
+        self._own_app = app is None
+        self.app = app or create_app(settings or Settings.load())
+        self.settings: Settings = self.app.labq_settings
+        check_limits(soft_time_limit, time_limit, self.settings)
+        self.name = name
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        self.id = f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"
+        self.script = _script_name()
+        self.soft_time_limit = soft_time_limit
+        self.time_limit = time_limit
+        self.grace = grace
+        self.logs = logs
+        self._progress_flag = progress
+        self._order: list[str] = []
+        self._outcomes: dict[str, Outcome] = {}
+        self._queues: set[str] = set()
+        self._log_cursor = "0-0"
+        self._cancelled = False
+        self.redis = redis.Redis.from_url(self.settings.backend_url, socket_timeout=10,
+                                          socket_connect_timeout=5)
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(
+                f"run {name!r}: Redis at {mask_url(self.settings.backend_url)} is unreachable "
+                f"({type(exc).__name__}: {exc}); is the stack up and LABQ_BROKER_URL right?"
+            ) from exc
+
+    # -- submitting -------------------------------------------------------
+
+    def submit(self, task: Any, *args: Any, soft_time_limit: float | None = None,
+               time_limit: float | None = None, **kwargs: Any) -> str:
+        """Queue ``task(*args, **kwargs)``; returns its task id.
+
+        Refused before anything is queued when the task is unknown, an
+        argument is not JSON, the device is not in the testbed, or the
+        limits are invalid.
+        """
+        if self._cancelled:
+            raise SubmitError(f"run {self.id!r} is cancelled; submit to a new run")
+        name = self._task_name(task)
+        soft = soft_time_limit if soft_time_limit is not None else self.soft_time_limit
+        hard = time_limit if time_limit is not None else self.time_limit
+        check_limits(soft, hard, self.settings)
+        _check_json(name, args, kwargs)
+        task_id = str(uuid.uuid4())
+        device = kwargs.get("device") or (args[0] if args and self._is_device_task(name) else None)
+        body = {**kwargs, RUN_KWARG: self.id, SCRIPT_KWARG: self.script}
+        # Routing first: an unknown device is refused here, before any publish.
+        route = self.app.amqp.router.route({}, name, args, body, self.app.tasks.get(name))
+        queue = route.get("queue")
+        queue_name = getattr(queue, "name", None) or str(queue or self.settings.default_queue)
+        try:
+            self.app.send_task(name, args=list(args), kwargs=body, task_id=task_id,
+                               queue=queue_name, soft_time_limit=soft, time_limit=hard)
+        except OperationalError as exc:
+            raise BrokerUnavailable(
+                f"cannot submit {name}: Redis at {mask_url(self.settings.broker_url)} "
+                f"is unreachable: {exc}") from exc
+        self._queues.add(queue_name)
+        self._order.append(task_id)
+        self._outcomes[task_id] = Outcome(
+            task_id=task_id, task=name, device=str(device) if device else None,
+            status=Status.QUEUED, queued_at=datetime.now(timezone.utc))
+        return task_id
+
+    def _task_name(self, task: Any) -> str:
+        name = task if isinstance(task, str) else getattr(task, "name", None)
+        if not isinstance(name, str):
+            raise SubmitError(f"{task!r} is not a Celery task or a task name")
+        if name not in self.app.tasks:
+            self.app.loader.import_default_modules()
+        if name not in self.app.tasks:
+            known = sorted(n for n in self.app.tasks if not n.startswith("celery."))
+            raise SubmitError(f"unknown task {name!r}; tasks/ registers: {', '.join(known)}")
+        return name
+
+    def _is_device_task(self, name: str) -> bool:
+        return bool(getattr(self.app.tasks.get(name), "labq_device_task", False))
+
+    # -- gathering --------------------------------------------------------
+
+    @property
+    def outcomes(self) -> list[Outcome]:
+        """Every outcome so far, in submit order."""
+        return [self._outcomes[t] for t in self._order]
+
+    def _pending(self) -> list[str]:
+        return [t for t in self._order if not self._outcomes[t].status.final]
+
+    def refresh(self) -> list[Outcome]:
+        """Read the state of every unfinished task; returns those that just finished."""
+        pending = self._pending()
+        if not pending:
+            return []
+        keys = [self.app.backend.get_key_for_task(t) for t in pending]
+        try:
+            metas = self.redis.mget(keys)
+            starts = self.redis.hmget(starts_key(self.id), pending)
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(
+                f"result backend {mask_url(self.settings.backend_url)}: {exc}") from exc
+        done = []
+        for task_id, raw, start in zip(pending, metas, starts, strict=True):
+            new = outcome_from_meta(self._outcomes[task_id], json.loads(raw) if raw else None,
+                                    json.loads(start) if start else None)
+            self._outcomes[task_id] = new
+            if new.status.final:
+                done.append(new)
+        return done
+
+    def as_completed(self, timeout: float | None = None) -> Iterator[Outcome]:
+        """Yield each outcome as its task ends. At ``timeout`` the rest is
+        cancelled and :class:`RunTimeout` raised with every outcome."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._pending():
+            return
+        with Progress(self.id, total=len(self._order), enabled=self._progress_flag) as bar:
+            bar.advance([o for o in self.outcomes if o.status.final])
+            while self._pending():
+                self._pump_logs(bar)
+                done = self.refresh()
+                bar.advance(done)
+                yield from done
+                if deadline is not None and time.monotonic() > deadline and self._pending():
+                    bar.note(f"timeout after {timeout} s: cancelling {len(self._pending())} tasks")
+                    self.cancel()
+                    raise RunTimeout(
+                        f"run {self.id!r}: {len(self._pending()) or 'some'} tasks still "
+                        f"running after {timeout} s; cancelled", self.outcomes)
+            self._pump_logs(bar)
+
+    def wait(self, timeout: float | None = None) -> list[Outcome]:
+        """Wait for every task; outcomes in submit order."""
+        for _ in self.as_completed(timeout=timeout):
+            pass
+        return self.outcomes
+
+    def _pump_logs(self, bar: Progress) -> None:
+        """Print new log lines from the tasks; the blocking read paces the loop."""
+        if not self.logs:
+            time.sleep(POLL_INTERVAL)
+            return
+        try:
+            reply: Any = self.redis.xread({log_key(self.id): self._log_cursor}, count=500,
+                                     block=int(POLL_INTERVAL * 1000))
+        except redis.RedisError:
+            time.sleep(POLL_INTERVAL)
+            return
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                self._log_cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                f = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
+                bar.log(f.get("device") or f.get("task_id", "")[:8], f.get("level", ""),
+                        f.get("message", ""))
+
+    # -- cancelling -------------------------------------------------------
+
+    def cancel(self, grace: float | None = None) -> list[Outcome]:
+        """Stop the run: queued tasks never start, running ones get the soft
+        interrupt and, after ``grace`` seconds, the hard kill. A Ctrl-C
+        during the grace kills at once."""
+        grace = self.grace if grace is None else grace
+        self._cancelled = True
+        try:
+            self.redis.set(cancel_key(self.id), "1", ex=RUN_TTL)
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(
+                f"cannot record the cancel of {self.id!r}: {exc}") from exc
+        self.refresh()
+        pending = self._pending()
+        if not pending:
+            return self.outcomes
+        self._purge_queued(set(pending))
+        control = self.app.control
+        control.revoke(pending)  # workers drop these if a message still arrives
+        running = [t for t in pending if self._outcomes[t].status is Status.RUNNING]
+        if running:
+            control.revoke(running, terminate=True, signal="SIGUSR1")
+        try:
+            end = time.monotonic() + grace
+            while time.monotonic() < end and any(
+                    self._outcomes[t].status is Status.RUNNING for t in self._pending()):
+                time.sleep(0.1)
+                self.refresh()
+        except KeyboardInterrupt:
+            pass  # a second Ctrl-C: kill now
+        finally:
+            still = [t for t in self._pending() if self._outcomes[t].status is Status.RUNNING]
+            if still:
+                control.revoke(still, terminate=True, signal="SIGKILL")
+        now = datetime.now(timezone.utc)
+        for task_id in self._pending():
+            old = self._outcomes[task_id]
+            self._outcomes[task_id] = old.with_status(Status.CANCELLED, finished_at=now)
+        return self.outcomes
+
+    def _purge_queued(self, ids: set[str]) -> None:
+        """Take the run's messages off the Redis queues they wait in."""
+        for queue in self._queues:
+            try:
+                for raw in self.redis.lrange(queue, 0, -1):
+                    try:
+                        task_id = json.loads(raw)["headers"]["id"]
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    if task_id in ids:
+                        self.redis.lrem(queue, 1, raw)  # type: ignore[arg-type]
+            except redis.RedisError:
+                continue  # the durable flag still stops them
+
+    # -- reporting and context --------------------------------------------
+
+    def report(self, path: str | os.PathLike[str]) -> Path:
+        """Write a self-contained HTML report (timeline, summary, outputs)."""
+        from labq.report import write_report
+
+        self.refresh()
+        return write_report(Path(path), self.id, self.outcomes)
+
+    def close(self) -> None:
+        self.redis.close()
+        if self._own_app:
+            self.app.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+            else:
+                self.cancel()
+        finally:
+            self.close()
+
+
+def _check_json(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    for key, value in [*((f"args[{i}]", a) for i, a in enumerate(args)), *kwargs.items()]:
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise SubmitError(
+                f"{name}: argument {key}={value!r} is not JSON-serialisable ({exc}); "
+                "labq sends JSON only") from exc

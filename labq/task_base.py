@@ -1,0 +1,152 @@
+"""The base class of every task on a labq app, run inside the prefork child.
+
+It adds what a run needs around the task body:
+
+- the run id and testscript name travel as the reserved keyword arguments
+  ``labq_run`` and ``labq_script`` (so Flower can filter on them with
+  ``kwargs:labq_run=<id>``); they are taken off before the body runs;
+- a cancelled run is checked in Redis before the body starts, so a
+  cancel survives worker restarts (Celery's revoke lives in worker memory);
+- the start time, worker and prefork slot are recorded for the outcome and
+  the report's timeline;
+- log records the body emits are streamed to the testscript.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import redis
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from labq.errors import TaskCancelled
+
+log = logging.getLogger(__name__)
+
+RUN_KWARG = "labq_run"
+SCRIPT_KWARG = "labq_script"
+#: How long run bookkeeping (cancel flag, starts, logs) stays in Redis.
+RUN_TTL = 7 * 24 * 3600
+LOG_STREAM_MAXLEN = 10000
+
+
+def cancel_key(run_id: str) -> str:
+    return f"labq:run:{run_id}:cancelled"
+
+
+def starts_key(run_id: str) -> str:
+    return f"labq:run:{run_id}:started"
+
+
+def log_key(run_id: str) -> str:
+    return f"labq:run:{run_id}:log"
+
+
+_redis: tuple[int, str, redis.Redis] | None = None
+
+
+def worker_redis(url: str) -> redis.Redis:
+    """One Redis client per process and URL, made again after a fork."""
+    global _redis
+    if _redis is None or _redis[0] != os.getpid() or _redis[1] != url:
+        _redis = (os.getpid(), url, redis.Redis.from_url(url, socket_timeout=10))
+    return _redis[2]
+
+
+def slot_name(hostname: str | None) -> str:
+    """``worker@host/N``: the prefork child's index, for the timeline lanes."""
+    try:
+        from billiard.process import current_process
+
+        index = current_process().index
+    except Exception:  # noqa: BLE001 - outside a pool there is no index
+        index = 0
+    return f"{hostname or socket.gethostname()}/{index}"
+
+
+class _RunContext:
+    """What the log handler needs to know about the task that runs now."""
+
+    run_id: str | None = None
+    device: str | None = None
+    task_id: str | None = None
+    client: redis.Redis | None = None
+
+
+current = _RunContext()
+
+
+class RunLogHandler(logging.Handler):
+    """Sends a running task's log records to its run's Redis stream."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if current.run_id is None or current.client is None or record.name.startswith(
+            ("celery", "kombu", "redis", "labq.task_base", "paramiko", "asyncssh")
+        ):
+            return
+        try:
+            current.client.xadd(
+                log_key(current.run_id),
+                {"device": current.device or "", "task_id": current.task_id or "",
+                 "level": record.levelname, "logger": record.name,
+                 "message": self.format(record), "at": str(record.created)},
+                maxlen=LOG_STREAM_MAXLEN, approximate=True,
+            )
+        except Exception:  # noqa: BLE001 - logging must never break the task
+            pass
+
+
+_handler_pid: int | None = None
+
+
+def _install_log_handler() -> None:
+    global _handler_pid
+    if _handler_pid == os.getpid():
+        return
+    _handler_pid = os.getpid()
+    handler = RunLogHandler(level=logging.INFO)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+
+
+class LabqTask(Task):  # type: ignore[misc]
+    """Base of every task on a labq app (``task_cls``)."""
+
+    #: May run again after its worker host died mid-task.
+    idempotent: bool = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        run_id = kwargs.pop(RUN_KWARG, None)
+        kwargs.pop(SCRIPT_KWARG, None)
+        if run_id is None or getattr(self.request, "called_directly", True):
+            return self.run(*args, **kwargs)
+        client = worker_redis(self.app.labq_settings.broker_url)
+        task_id = self.request.id
+        if client.exists(cancel_key(run_id)):
+            raise TaskCancelled(f"run {run_id!r} was cancelled before task {task_id} started")
+        client.hset(starts_key(run_id), task_id, json.dumps({
+            "at": time.time(), "worker": self.request.hostname or "",
+            "slot": slot_name(self.request.hostname), "pid": os.getpid(),
+        }))
+        client.expire(starts_key(run_id), RUN_TTL)
+        _install_log_handler()
+        current.run_id, current.task_id, current.client = run_id, task_id, client
+        current.device = str(kwargs.get("device") or (args[0] if args else "") or "")
+        try:
+            return self.run(*args, **kwargs)
+        except SoftTimeLimitExceeded as exc:
+            # A cancel interrupts with the same signal as the soft limit.
+            if client.exists(cancel_key(run_id)):
+                raise TaskCancelled(f"run {run_id!r} was cancelled while task {task_id} ran") from exc
+            raise
+        finally:
+            current.run_id = current.task_id = current.device = None

@@ -1,0 +1,112 @@
+"""docker-compose.yml as Compose resolves it, and the example settings file."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import need
+
+from labq.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+PASSWORDS = {"LABQ_REDIS_PASSWORD": "redis-secret-1", "LABQ_FLOWER_PASSWORD": "flower-secret-2"}
+
+
+def compose_config(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("docker-compose")
+    need(exe is not None, "docker-compose is not installed (apt-get install docker-compose)")
+    assert exe
+    # An empty env file and no inherited LABQ_* variables: only `env` counts,
+    # not a developer's .env or shell.
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LABQ_")}
+    return subprocess.run(
+        [exe, "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "config"],
+        env={**base, **env}, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+@pytest.fixture()
+def services(tmp_path: Path) -> dict[str, Any]:
+    result = compose_config(tmp_path, PASSWORDS)
+    assert result.returncode == 0, result.stderr
+    return dict(yaml.safe_load(result.stdout)["services"])
+
+
+def seconds(duration: str) -> float:
+    """Compose durations such as ``90s`` or ``1m30s``."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|m|s)", duration)
+    assert parts, duration
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in parts)
+
+
+def test_redis_has_aof_password_and_volume(services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    command = redis["command"]
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    assert options["--requirepass"] == PASSWORDS["LABQ_REDIS_PASSWORD"]
+    assert options["--appendonly"] == "yes"
+    assert options["--appendfsync"] == "everysec"
+    assert options["--maxmemory-policy"] == "noeviction"
+    assert any(v.split(":")[1] == "/data" for v in redis["volumes"])
+    # The healthcheck authenticates through the environment, not its arguments.
+    assert redis["environment"]["REDISCLI_AUTH"] == PASSWORDS["LABQ_REDIS_PASSWORD"]
+    assert PASSWORDS["LABQ_REDIS_PASSWORD"] not in " ".join(redis["healthcheck"]["test"])
+    assert all(p.startswith("127.0.0.1:") for p in redis.get("ports", []))
+
+
+def test_flower_has_basic_auth_on_loopback(services: dict[str, Any]) -> None:
+    flower = services["flower"]
+    env = flower["environment"]
+    assert env["LABQ_FLOWER_PASSWORD"] == PASSWORDS["LABQ_FLOWER_PASSWORD"]
+    assert env["LABQ_FLOWER_USER"]
+    assert f":{PASSWORDS['LABQ_REDIS_PASSWORD']}@redis:6379/" in env["LABQ_BROKER_URL"]
+    assert flower["command"][:2] == ["labq", "flower"]
+    assert flower["ports"] and all(p.startswith("127.0.0.1:") for p in flower["ports"])
+    assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_worker_scales_and_stops_gracefully(services: dict[str, Any]) -> None:
+    worker = services["worker"]
+    # `--scale worker=N` needs no fixed container name and no host ports.
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    assert worker["command"][:2] == ["labq", "worker"]
+    assert worker["init"] is True
+    env = worker["environment"]
+    assert f":{PASSWORDS['LABQ_REDIS_PASSWORD']}@redis:6379/" in env["LABQ_BROKER_URL"]
+    assert int(env["LABQ_CONCURRENCY"]) >= 1
+    # SIGQUIT starts Celery's soft shutdown, bounded by LABQ_SHUTDOWN_TIMEOUT;
+    # Docker must wait longer than that before it kills the worker.
+    assert worker["stop_signal"] == "SIGQUIT"
+    assert seconds(worker["stop_grace_period"]) > float(env["LABQ_SHUTDOWN_TIMEOUT"])
+
+
+def test_sim_service_runs_the_simulated_lab(services: dict[str, Any]) -> None:
+    assert services["sim"]["command"][:2] == ["labq", "sim"]
+
+
+@pytest.mark.parametrize("missing", sorted(PASSWORDS))
+def test_missing_password_is_refused_by_name(tmp_path: Path, missing: str) -> None:
+    env = {k: v for k, v in PASSWORDS.items() if k != missing}
+    result = compose_config(tmp_path, env)
+    assert result.returncode != 0
+    assert missing in result.stderr
+
+
+def test_example_settings_file_sets_every_field() -> None:
+    path = ROOT / "config" / "labq.yaml.example"
+    keys = set(yaml.safe_load(path.read_text()))
+    assert keys == {f.name for f in dataclasses.fields(Settings)}
+    settings = Settings.load(env={}, config_file=path)
+    assert settings == Settings()
