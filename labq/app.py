@@ -33,6 +33,31 @@ class PreforkOnlyWorker(CeleryWorker):  # type: ignore[misc]
     def on_after_init(self, **kwargs: Any) -> None:
         check_pool(self.pool_cls)
         super().on_after_init(**kwargs)
+        preload_for_fork()
+
+
+#: Imported in the worker's main process, so each forked child shares them
+#: instead of importing (and paying for) them on its first task.
+PRELOAD = ("netmiko", "paramiko", "labq.device_task", "labq.drivers.netmiko")
+
+
+def preload_for_fork() -> None:
+    """Import what tasks use and freeze the heap before the pool forks.
+
+    ``gc.freeze()`` moves the objects made so far out of the collector's
+    reach, so a child's collections do not write to (and so copy) the pages
+    it shares with the parent.
+    """
+    import gc
+    import importlib
+
+    for module in PRELOAD:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # an optional driver; the task reports it if used
+            log.debug("preload of %s skipped: %s", module, exc)
+    gc.collect()
+    gc.freeze()
 
 
 def check_pool(pool: object) -> None:

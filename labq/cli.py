@@ -19,6 +19,7 @@ import click
 
 from labq.errors import LabqError
 from labq.settings import Settings
+from labq.sim.command import sim as sim_command
 
 
 class Context:
@@ -140,8 +141,9 @@ def worker(ctx: Context, queues: str, name: str | None, concurrency: int | None,
     settings = ctx.settings(concurrency=concurrency)
     qs = [q.strip() for q in queues.split(",") if q.strip()]
     argv = worker_argv(settings, name or (qs[0] if qs else "worker"), qs, loglevel=loglevel)
+    env = child_env(settings)
     os.chdir(PROJECT_ROOT)
-    os.execve(argv[0], argv, child_env(settings))
+    os.execve(argv[0], argv, env)
 
 
 @main.command()
@@ -164,8 +166,9 @@ def flower(ctx: Context, address: str | None, port: int | None) -> None:
             "it would otherwise serve the lab without auth"
         )
     argv = flower_argv(settings)
+    env = child_env(settings)
     os.chdir(PROJECT_ROOT)
-    os.execve(argv[0], argv, child_env(settings))
+    os.execve(argv[0], argv, env)
 
 
 @main.command()
@@ -196,6 +199,9 @@ def devices(ctx: Context, testbed: Path | None, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
     else:
         print_device_rows(rows)
+
+
+main.add_command(sim_command)
 
 
 def run() -> None:

@@ -40,11 +40,13 @@ log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: How long a task waits for a busy device inside its slot before it gives
+#: How long a waiter far from its turn may keep its slot before it gives
 #: the slot back and retries.
-IN_SLOT_WAIT = 1.0
+IN_SLOT_WAIT = 0.2
 #: Countdown of the retry that gives the slot back.
-RETRY_AFTER = 0.5
+RETRY_AFTER = 0.3
+#: Seconds between lease polls of a waiter in its slot.
+POLL = 0.05
 
 
 @dataclass
@@ -109,6 +111,8 @@ class DeviceTask(LabqTask):
     #: Seconds a task may wait for its device before it fails with DeviceBusy.
     lease_timeout: float = 300.0
     connect_timeout: float = 10.0
+    #: Lease waits retry without a count; ``lease_timeout`` bounds them.
+    max_retries = None
 
 
 def device_task(
@@ -171,18 +175,34 @@ def _run_on_device(task: DeviceTask, func: Callable[..., Any], device: str,
 
 
 def _take_lease(task: DeviceTask, leases: Leases, device: str, max_sessions: int) -> Grant:
+    """The device's lease, or a retry that frees the slot while keeping the place in line.
+
+    Waiters near the head of the line (within ``max_sessions`` of a turn)
+    wait in their slot, polling, so a freed device is taken within
+    ``POLL`` seconds; the rest give their slot back at once.
+    """
     holder = task.request.id
-    deadline = time.monotonic() + IN_SLOT_WAIT
+    since_key = f"labq:waitsince:{holder}"
+    raw = leases.client.get(since_key)
+    since = float(raw) if raw else None
+    slot_deadline = time.monotonic() + IN_SLOT_WAIT
     while True:
-        answer = leases.acquire(device, holder, max_sessions,
+        answer = leases.acquire(device, holder, max_sessions, since=since,
                                 task=task.name, worker=task.request.hostname or "")
         if isinstance(answer, Grant):
+            if since is not None:
+                leases.client.delete(since_key)
             return answer
         if answer.waited > task.lease_timeout:
             leases.abandon_wait(device, holder)
+            leases.client.delete(since_key)
             raise answer.busy()
-        if time.monotonic() > deadline:
-            # Give the prefork slot back; the wait-list place is kept by task id.
-            raise task.retry(countdown=RETRY_AFTER, max_retries=None)
-        time.sleep(0.05)
-
+        if since is None:
+            # Kept beyond the lease's own waiter TTL: a retry that comes back
+            # late still rejoins the line at its first place.
+            since = answer.waiting_since
+            leases.client.set(since_key, repr(since), ex=int(task.lease_timeout) + 60)
+        near_head = answer.position <= max_sessions
+        if not near_head and time.monotonic() > slot_deadline:
+            raise task.retry(countdown=RETRY_AFTER)
+        time.sleep(POLL)

@@ -26,6 +26,7 @@ from labq.errors import StackError
 from labq.processes import spawn, stop_trees
 from labq.redis_server import RedisServer, free_port
 from labq.settings import Settings
+from labq.sim.process import SimProcess
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,12 @@ def flower_argv(settings: Settings) -> list[str]:
 
 
 def child_env(settings: Settings) -> dict[str, str]:
-    """Environment for a service process: labq settings and Flower's auth."""
+    """Environment for a service process: labq settings and Flower's auth.
+
+    Paths are made absolute: the child may run from another directory.
+    """
+    settings = settings.replace(testbed=settings.testbed.resolve(),
+                                state_dir=settings.state_dir.resolve())
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     if settings.flower_password:
         env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password}"
@@ -94,8 +100,11 @@ class Stack:
     workers: Sequence[WorkerSpec] = DEFAULT_WORKERS
     redis_port: int = 0
     with_flower: bool = True
+    #: Start the simulated lab for ``settings.testbed``.
+    with_sim: bool = True
     ready_timeout: float = 60.0
     redis: RedisServer | None = None
+    sim: SimProcess | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -124,6 +133,9 @@ class Stack:
         return self
 
     def _start(self) -> None:
+        if self.with_sim:
+            self.sim = SimProcess(self.settings.testbed, state_dir=self.state_dir / "sim",
+                                  log_path=self.log_dir / "sim.log").start()
         self.redis = RedisServer(
             data_dir=self.state_dir / "redis", port=self.redis_port,
             binary=self.settings.redis_server,
@@ -205,6 +217,8 @@ class Stack:
         self.processes.clear()
         if self.redis:
             self.redis.stop()
+        if self.sim:
+            self.sim.stop()
 
     def __enter__(self) -> Stack:
         return self.start()

@@ -7,7 +7,9 @@ workers started as ``celery -A tasks worker`` processes by :class:`Stack`.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import redis
 from labq.app import LabqCelery, create_app
 from labq.redis_server import RedisServer
 from labq.settings import Settings
+from labq.sim.testbeds import device_entry, free_ports, write_testbed
 from labq.stack import Stack, WorkerSpec
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -62,10 +65,49 @@ def stack_settings(tmp: Path, **changes: object) -> Settings:
     return Settings.load(env={}, config_file=os.devnull, **base)
 
 
+#: The session lab's password: unique, so a scan for it finds only leaks.
+LAB_PASSWORD = f"sim-{secrets.token_hex(8)}"
+SEGMENT_DEVICES = {"lab-a": [f"a{i}" for i in range(1, 11)],
+                   "lab-b": [f"b{i}" for i in range(1, 11)]}
+LEASE_DEVICES = [f"l{i}" for i in range(1, 6)]
+FREE_DEVICES = [f"f{i}" for i in range(1, 41)]
+FAULTY = {"hang": {"hang": "show version"}, "authfail": {"auth_fail": True},
+          "unreach": {"unreachable": True}, "slowpoke": {"latency": 0.3}}
+
+
+def lab_testbed(path: Path) -> Path:
+    """The session's simulated lab: two segments, lease and free devices, faulty ones,
+    and a unicon mock device when pyATS is installed."""
+    names = [*SEGMENT_DEVICES["lab-a"], *SEGMENT_DEVICES["lab-b"], *LEASE_DEVICES,
+             *FREE_DEVICES, *FAULTY]
+    ports = iter(free_ports(len(names)))
+    devices: dict[str, dict[str, object]] = {}
+    for queue, members in SEGMENT_DEVICES.items():
+        for name in members:
+            devices[name] = device_entry("127.0.0.1", next(ports), queue=queue)
+    for name in [*LEASE_DEVICES, *FREE_DEVICES]:
+        devices[name] = device_entry("127.0.0.1", next(ports))
+    for name, knobs in FAULTY.items():
+        devices[name] = device_entry("127.0.0.1", next(ports), sim=knobs)
+    mock = Path(sys.executable).with_name("mock_device_cli")
+    if mock.exists():
+        devices["u1"] = {
+            "os": "iosxe", "type": "router",
+            "connections": {"defaults": {"class": "unicon.Unicon"},
+                            "cli": {"command": f"{mock} --os iosxe --state general_enable "
+                                               "--hostname u1"}},
+            "custom": {"labq": {"queue": "lab-a"}},
+        }
+    return write_testbed(path, devices, name="session-lab", password=LAB_PASSWORD)
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The embedded stack: Redis, workers lab-a and lab-b, and Flower."""
-    s = Stack(stack_settings(tmp_path_factory.mktemp("stack")),
+    """The embedded stack: the simulated lab, Redis, workers lab-a and lab-b
+    (8 prefork children each), and Flower."""
+    tmp = tmp_path_factory.mktemp("stack")
+    settings = stack_settings(tmp, testbed=lab_testbed(tmp / "testbed.yaml"), concurrency=8)
+    s = Stack(settings,
               workers=(WorkerSpec("lab-a", ("lab-a",)), WorkerSpec("lab-b", ("lab-b",))))
     s.start()
     yield s

@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from labq.sim import ios_shows
 from labq.sim.ios_config import (
     Block,
     RunningConfig,
@@ -30,8 +31,6 @@ from labq.sim.ios_config import (
 
 INVALID = "% Invalid input detected at '^' marker."
 INCOMPLETE = "% Incomplete command.\n"
-MODEL = "C8000V"
-VERSION = "17.9.4a"
 
 
 class Mode(enum.Enum):
@@ -75,8 +74,10 @@ class IosCli:
     def __init__(self, hostname: str, *, username: str | None = None,
                  enable_password: str | None = None,
                  clock: Callable[[], float] = time.time,
-                 booted_at: float | None = None) -> None:
-        self.config = RunningConfig(hostname, username, enable_password is not None)
+                 booted_at: float | None = None,
+                 config: RunningConfig | None = None) -> None:
+        # A device's running-config outlives its sessions: pass the shared one.
+        self.config = config or RunningConfig(hostname, username, enable_password is not None)
         self._enable_password = enable_password
         self._clock = clock
         # A plausible, per-device uptime rather than "0 minutes" for every router.
@@ -166,7 +167,7 @@ class IosCli:
         except _BadArgument as bad:
             return self._invalid(line, tokens[i + bad.index][1])
         if pipe:
-            filtered = _filter(output, pipe.strip())
+            filtered = ios_shows.pipe(output, pipe.strip())
             if filtered is None:
                 return self._invalid(line, line.index("|") + 1 + (len(pipe) - len(pipe.lstrip())))
             output = filtered
@@ -262,38 +263,6 @@ def _args_ok(node: _Node, rest: list[str]) -> bool:
     return False
 
 
-def _filter(output: str, pipe: str) -> str | None:
-    """``| include/exclude/begin/section/count REGEX``; None when malformed."""
-    word, _, pattern = pipe.partition(" ")
-    kinds = [k for k in ("include", "exclude", "begin", "section", "count")
-             if k.startswith(word.lower())] if word else []
-    if len(kinds) != 1 or not pattern.strip():
-        return None
-    try:
-        regex = re.compile(pattern.strip())
-    except re.error:
-        return None
-    lines = output.split("\n")
-    kind = kinds[0]
-    if kind == "include":
-        return "\n".join(x for x in lines if regex.search(x))
-    if kind == "exclude":
-        return "\n".join(x for x in lines if not regex.search(x))
-    if kind == "count":
-        return f"Number of lines which match regexp = {sum(bool(regex.search(x)) for x in lines)}"
-    if kind == "begin":
-        start = next((i for i, x in enumerate(lines) if regex.search(x)), len(lines))
-        return "\n".join(lines[start:])
-    keep: list[str] = []  # section: matching top-level lines with their children
-    taking = False
-    for x in lines:
-        if not x.startswith(" "):
-            taking = bool(regex.search(x))
-        if taking:
-            keep.append(x)
-    return "\n".join(keep)
-
-
 # -- command handlers ------------------------------------------------------------
 
 def _close(cli: IosCli, args: list[str]) -> str:
@@ -335,44 +304,12 @@ def _copy_run_start(cli: IosCli, args: list[str]) -> str:
 
 
 def _show_version(cli: IosCli, args: list[str]) -> str:
-    serial = f"9{zlib.crc32(cli.hostname.encode()):010X}"[:11]
     gig = sum(1 for name, *_ in cli.config.interfaces() if name.startswith("GigabitEthernet"))
-    return f"""Cisco IOS XE Software, Version {VERSION}
-Cisco IOS Software [Cupertino], Virtual XE Software (X86_64_LINUX_IOSD-UNIVERSALK9-M), \
-Version {VERSION}, RELEASE SOFTWARE (fc3)
-Technical Support: http://www.cisco.com/techsupport
-Copyright (c) 1986-2023 by Cisco Systems, Inc.
-Compiled Fri 20-Oct-23 10:44 by mcpre
-
-ROM: IOS-XE ROMMON
-
-{cli.hostname} uptime is {cli.uptime()}
-Uptime for this control processor is {cli.uptime()}
-System returned to ROM by reload
-System image file is "bootflash:packages.conf"
-Last reload reason: reload
-
-This product contains cryptographic features (simulated by labq).
-
-cisco {MODEL} (VXE) processor (revision VXE) with 2027630K/3075K bytes of memory.
-Processor board ID {serial}
-Router operating mode: Autonomous
-{gig} Gigabit Ethernet interfaces
-32768K bytes of non-volatile configuration memory.
-3965124K bytes of physical memory.
-11526144K bytes of virtual hard disk at bootflash:.
-
-Configuration register is 0x2102
-"""
+    return ios_shows.version(cli.hostname, cli.uptime(), gig)
 
 
 def _show_ip_int_brief(cli: IosCli, args: list[str]) -> str:
-    rows = [f"{'Interface':<27}{'IP-Address':<16}OK? Method Status                Protocol"]
-    for name, ip, shut, nvram in cli.config.interfaces():
-        method = "unset" if ip == "unassigned" else ("NVRAM" if nvram else "manual")
-        status, proto = ("administratively down", "down") if shut else ("up", "up")
-        rows.append(f"{name:<27}{ip:<16}YES {method:<7}{status:<22}{proto}")
-    return "\n".join(rows)
+    return ios_shows.ip_interface_brief(cli.config.interfaces())
 
 
 def _show_run(cli: IosCli, args: list[str]) -> str:
@@ -397,13 +334,11 @@ def _show_privilege(cli: IosCli, args: list[str]) -> str:
 
 
 def _show_users(cli: IosCli, args: list[str]) -> str:
-    return ("    Line       User       Host(s)              Idle       Location\n"
-            f"*866 vty 0     {cli.username:<10} idle                 00:00:00 127.0.0.1")
+    return ios_shows.users(cli.username)
 
 
 def _show_inventory(cli: IosCli, args: list[str]) -> str:
-    return (f'NAME: "Chassis", DESCR: "Cisco {MODEL} Chassis"\n'
-            f"PID: {MODEL}            , VID: V00  , SN: 9{zlib.crc32(cli.hostname.encode()):010X}")
+    return ios_shows.inventory(cli.hostname)
 
 
 def _tree(privileged: bool) -> _Node:

@@ -24,6 +24,7 @@ import asyncssh
 
 from labq.errors import SimLabError
 from labq.sim.accounting import Faults, SessionLog
+from labq.sim.ios_config import RunningConfig
 from labq.sim.cli_emulator import IosCli, Mode
 from labq.sim.control import start_control
 from labq.testbed import Connection, Device, Testbed, as_testbed
@@ -42,6 +43,8 @@ class SimDevice:
     log: SessionLog = field(default_factory=SessionLog)
     acceptor: asyncssh.SSHAcceptor | None = None
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
+    #: The running-config every session of this device shares.
+    config: RunningConfig | None = None
 
     def snapshot(self, events: bool = True) -> dict[str, Any]:
         return {**self.log.snapshot(events), "ip": self.ip, "port": self.port,
@@ -105,7 +108,7 @@ class _CliSession(asyncssh.SSHServerSession[str]):
         self._session = 0
         self._exec: str | None = None
 
-    def connection_made(self, chan: asyncssh.SSHServerChannel[str]) -> None:  # type: ignore[override]
+    def connection_made(self, chan: asyncssh.SSHServerChannel[str]) -> None:
         self._chan = chan
 
     def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
@@ -145,7 +148,9 @@ class _CliSession(asyncssh.SSHServerSession[str]):
     async def _run(self) -> None:
         creds = self._dev.device.credentials
         cli = IosCli(self._dev.device.name, username=self._user or None,
-                     enable_password=creds.enable_password if creds else None)
+                     enable_password=creds.enable_password if creds else None,
+                     config=self._dev.config)
+        self._dev.config = cli.config
         try:
             if self._exec is not None:
                 cli.mode = Mode.ENABLE  # an exec request runs with the login's privilege
@@ -158,7 +163,8 @@ class _CliSession(asyncssh.SSHServerSession[str]):
             log.exception("simulated device %s: session %d failed", self._dev.device.name,
                           self._session)
         if self._chan is not None:
-            self._chan.exit(0)
+            with contextlib.suppress(Exception):  # already closing: nothing to report
+                self._chan.exit(0)
 
     async def _shell(self, cli: IosCli) -> None:
         self._write(f"\r\n{cli.prompt}")

@@ -47,7 +47,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
         "locked": {"auth_fail": True}, "gone": {"unreachable": True},
     }
     devices = {name: device_entry("127.0.0.1", port, sim=sim)
-               for (name, sim), port in zip(knobs.items(), p)}
+               for (name, sim), port in zip(knobs.items(), p[:7], strict=True)}
     devices["guarded"] = device_entry("127.0.0.1", p[7], credentials={
         "enable": {"password": ENABLE}})
     path = write_testbed(tmp / "testbed.yaml", devices, name="sim-test")
@@ -114,6 +114,19 @@ def test_sessions_are_counted_and_closed(lab: SimProcess, state: Callable[[str],
     assert all(e["user"] == DEMO_USER for e in events(st, "open"))
 
 
+def shell(lab: SimProcess, name: str, typed: str) -> str:
+    """Everything a raw vt100 shell shows for ``typed`` (which should end in exit)."""
+
+    async def run() -> str:
+        async with asyncssh.connect("127.0.0.1", lab.ports[name], username=DEMO_USER,
+                                    password=DEMO_PASSWORD, known_hosts=None) as conn:
+            proc = await conn.create_process(term_type="vt100")
+            proc.stdin.write(typed)
+            return str(await asyncio.wait_for(proc.stdout.read(), 10))
+
+    return asyncio.run(run())
+
+
 def test_enable_password(lab: SimProcess, state: Callable[[str], Any]) -> None:
     conn = connect(lab, "guarded", secret=ENABLE)
     try:
@@ -123,16 +136,20 @@ def test_enable_password(lab: SimProcess, state: Callable[[str], Any]) -> None:
         assert "hostname guarded" in conn.send_command("show running-config")
     finally:
         conn.disconnect()
-    wrong = connect(lab, "guarded", secret="not-it")
-    try:
-        with pytest.raises(ValueError, match="enable mode"):
-            wrong.enable()
-    finally:
-        wrong.disconnect()
+    # Three wrong secrets, typed blind: no echo, then "% Bad secrets" as on IOS.
+    screen = shell(lab, "guarded", "enable\nnope-1\nnope-2\nnope-3\nexit\n")
+    assert "guarded>enable\r\nPassword: \r\nPassword: \r\nPassword: \r\n% Bad secrets" in screen
+    assert "nope" not in screen
     wait_for(lambda: state("guarded")["sessions"] == 0)
     st = state("guarded")
-    assert ENABLE not in str(st) and "not-it" not in str(st)
+    assert ENABLE not in str(st) and "nope" not in str(st)
     assert "enable" in [e["command"] for e in events(st, "command")]
+
+
+def test_raw_shell_echo_and_line_editing(lab: SimProcess) -> None:
+    screen = shell(lab, "plain", "show clockx\x7f\r\nconf t\rint gi3\r\x1aexit\r")
+    assert "plain#show clockx\b \b\r\n*" in screen and " UTC " in screen
+    assert "plain(config-if)#^Z\r\nplain#exit" in screen
 
 
 def test_latency_delays_every_command(lab: SimProcess, state: Callable[[str], Any]) -> None:
@@ -175,7 +192,8 @@ def test_disconnect_on_drops_the_connection(lab: SimProcess,
     conn = connect(lab, "drops")
     try:
         with pytest.raises((OSError, EOFError, ReadTimeout)):
-            conn.send_command("reload", read_timeout=5)
+            conn.send_command("reload", read_timeout=2)
+        assert not conn.is_alive()
     finally:
         conn.paramiko_cleanup()
     wait_for(lambda: state("drops")["sessions"] == 0)

@@ -1,0 +1,178 @@
+"""Device tasks over real SSH to the simulated lab: routing, leases, faults, secrets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+import labq
+from conftest import FREE_DEVICES, LAB_PASSWORD, LEASE_DEVICES, SEGMENT_DEVICES, need
+from labq.app import LabqCelery
+from labq.stack import Stack
+from tasks import device
+
+
+def run(app: LabqCelery, name: str = "dev") -> labq.Run:
+    return labq.Run(name, app=app, progress=False)
+
+
+def test_execute_returns_the_device_output(app: LabqCelery) -> None:
+    out = labq.pcall(device.execute, device=["a1", "b1"], ckwargs={"command": "show version"},
+                     run=run(app))
+    assert "Cisco IOS" in out[0] and "a1 uptime" in out[0]
+    assert "b1 uptime" in out[1]
+
+
+def test_execute_many_commands_returns_a_dict(app: LabqCelery) -> None:
+    (out,) = labq.pcall(device.execute, device=["a2"],
+                        ckwargs={"commands": ["show version", "show ip interface brief"]},
+                        run=run(app))
+    assert set(out) == {"show version", "show ip interface brief"}
+    assert "Interface" in out["show ip interface brief"]
+
+
+def test_tasks_run_only_on_the_host_of_the_device_segment(app: LabqCelery) -> None:
+    devices = SEGMENT_DEVICES["lab-a"] + SEGMENT_DEVICES["lab-b"]
+    with run(app, "routing") as r:
+        for name in devices:
+            r.submit(device.execute, device=name, command="show version")
+    for o in r.outcomes:
+        assert o.status is labq.Status.SUCCEEDED, o.error
+        segment = "lab-a" if o.device in SEGMENT_DEVICES["lab-a"] else "lab-b"
+        assert o.worker and o.worker.startswith(f"{segment}@")
+
+
+def test_unknown_device_is_refused_at_submit_with_close_matches(app: LabqCelery,
+                                                                stack: Stack) -> None:
+    client = redis.Redis.from_url(stack.settings.broker_url)
+    before = {q: client.llen(q) for q in ("labq", "lab-a", "lab-b")}
+    with run(app, "unknown") as r:
+        with pytest.raises(labq.UnknownDevice, match=r"'a01'.*'a1'") as info:
+            r.submit(device.execute, device="a01", command="show version")
+        assert r.outcomes == []
+    assert "a1" in info.value.close_matches
+    assert {q: client.llen(q) for q in before} == before
+
+
+def test_configure_applies_and_verifies_lines(app: LabqCelery) -> None:
+    lines = ["interface Loopback7", "description set-by-labq"]
+    (result,) = labq.pcall(device.configure, device=["a3"], ckwargs={"lines": lines},
+                           run=run(app))
+    assert result["applied"] == lines
+    (running,) = labq.pcall(device.execute, device=["a3"],
+                            ckwargs={"command": "show running-config"}, run=run(app))
+    assert "description set-by-labq" in running
+
+
+def test_reachable_answers_from_the_devices_host(app: LabqCelery) -> None:
+    up, down = labq.pcall(device.reachable, device=["b2", "unreach"], run=run(app))
+    assert up["reachable"] is True
+    assert down["reachable"] is False and "unreach" == down["device"]
+
+
+def test_faulty_devices_end_in_the_right_status(app: LabqCelery, stack: Stack) -> None:
+    with run(app, "faults") as r:
+        hang = r.submit(device.execute, device="hang", command="show version",
+                        soft_time_limit=2, time_limit=10)
+        auth = r.submit(device.execute, device="authfail", command="show version")
+        unreach = r.submit(device.execute, device="unreach", command="show version")
+    by_id = {o.task_id: o for o in r.outcomes}
+    assert by_id[hang].status is labq.Status.SOFT_TIMEOUT
+    assert by_id[auth].status is labq.Status.FAILED
+    assert by_id[auth].error and by_id[auth].error.type == "AuthenticationFailed"
+    assert "authfail" in by_id[auth].error.message
+    assert by_id[unreach].status is labq.Status.FAILED
+    assert by_id[unreach].error and by_id[unreach].error.type == "DeviceUnreachable"
+    assert "127.0.0.1:" in by_id[unreach].error.message
+    assert stack.sim is not None
+    deadline = time.monotonic() + 5
+    while stack.sim.state("hang")["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stack.sim.state("hang")["sessions"] == 0
+
+
+def test_leases_hold_under_200_tasks_on_5_devices(app: LabqCelery, stack: Stack) -> None:
+    assert stack.sim is not None
+    stack.sim.reset()
+    with run(app, "leases") as r:
+        for i in range(200):
+            r.submit(device.execute, device=LEASE_DEVICES[i % 5], command="show version")
+    assert [o.status for o in r.outcomes] == [labq.Status.SUCCEEDED] * 200
+    state = stack.sim.state(events=False)
+    for name in LEASE_DEVICES:
+        assert state[name]["peak"] == 1, (name, state[name])
+        assert state[name]["sessions"] == 0
+    assert {o.worker.split("@")[0] for o in r.outcomes if o.worker} == {"lab-a", "lab-b"}
+
+
+def test_free_devices_are_not_starved_by_a_busy_one(app: LabqCelery) -> None:
+    with run(app, "starve") as r:
+        busy = [r.submit(device.execute, device="l1", command="show version")
+                for _ in range(40)]
+        free = [r.submit(device.execute, device=name, command="show version")
+                for name in FREE_DEVICES]
+    by_id = {o.task_id: o for o in r.outcomes}
+    assert all(o.ok for o in r.outcomes), [o.error for o in r.outcomes if not o.ok][:3]
+    last_free = max(by_id[t].finished_at for t in free if by_id[t].finished_at)
+    last_busy = max(by_id[t].finished_at for t in busy if by_id[t].finished_at)
+    first = min(o.queued_at for o in r.outcomes if o.queued_at)
+    # The 40 free devices finish in well under half the time the busy one needs.
+    assert (last_free - first) < 0.5 * (last_busy - first)
+
+
+def test_unicon_driver_runs_execute_on_a_mock_device(app: LabqCelery) -> None:
+    need(Path(sys.executable).with_name("mock_device_cli").exists(),
+         "the pyats extra is not installed (pip install -e '.[pyats]')")
+    (out,) = labq.pcall(device.execute, device=["u1"], ckwargs={"command": "show version"},
+                        run=run(app))
+    assert "Cisco IOS" in out
+
+
+def test_labq_devices_lists_holders_and_waiters(stack: Stack) -> None:
+    env = {**__import__("os").environ, **stack.settings.to_env()}
+    out = subprocess.run([str(Path(sys.executable).with_name("labq")), "devices", "--json"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {row["device"]: row for row in json.loads(out.stdout)}
+    assert rows["a1"]["queue"] == "lab-a" and rows["l1"]["queue"] == "labq"
+    assert rows["a1"]["max_sessions"] == 1 and rows["a1"]["holders"] == []
+
+
+def test_no_secret_reaches_redis_flower_or_logs(app: LabqCelery, stack: Stack) -> None:
+    labq.pcall(device.execute, device=["a4", "authfail"], ckwargs={"command": "show version"},
+               run=run(app)) if False else None
+    with run(app, "secrets") as r:
+        r.submit(device.execute, device="a4", command="show running-config")
+        r.submit(device.execute, device="authfail", command="show version")
+    client = redis.Redis.from_url(stack.settings.broker_url)
+    needle = LAB_PASSWORD.encode()
+    leaks = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        if kind == "string":
+            values = [client.get(key) or b""]
+        elif kind == "list":
+            values = client.lrange(key, 0, -1)
+        elif kind == "hash":
+            values = [k + b"=" + v for k, v in client.hgetall(key).items()]
+        elif kind == "set":
+            values = list(client.smembers(key))
+        elif kind == "zset":
+            values = [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
+        elif kind == "stream":
+            values = [json.dumps({k.decode(): v.decode() for k, v in f.items()}).encode()
+                      for _, f in client.xrange(key)]
+        else:
+            values = []
+        if needle in key or any(needle in v for v in values):
+            leaks.append(key)
+    assert leaks == []
+    assert LAB_PASSWORD not in stack.flower_get("/api/tasks")
+    for log in stack.log_dir.glob("*.log"):
+        assert LAB_PASSWORD not in log.read_text(errors="replace"), log
