@@ -32,8 +32,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.request import Request
 
 from labq.drivers import open_session
-from labq.task_base import LabqTask
 from labq.lease import Grant, Leases, Renewer
+from labq.task_base import LabqTask
 from labq.testbed import Device, Testbed, load_testbed
 
 log = logging.getLogger(__name__)

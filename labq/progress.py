@@ -15,12 +15,12 @@ from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.progress import Progress as RichProgress
-from rich.progress import TaskID
 
 from labq.outcome import Outcome, Status
 

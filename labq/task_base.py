@@ -65,7 +65,7 @@ def slot_name(hostname: str | None) -> str:
         from billiard.process import current_process
 
         index = current_process().index
-    except Exception:  # noqa: BLE001 - outside a pool there is no index
+    except Exception:
         index = 0
     return f"{hostname or socket.gethostname()}/{index}"
 
@@ -98,7 +98,7 @@ class RunLogHandler(logging.Handler):
                  "message": self.format(record), "at": str(record.created)},
                 maxlen=LOG_STREAM_MAXLEN, approximate=True,
             )
-        except Exception:  # noqa: BLE001 - logging must never break the task
+        except Exception:
             pass
 
 

@@ -24,9 +24,9 @@ import asyncssh
 
 from labq.errors import SimLabError
 from labq.sim.accounting import Faults, SessionLog
-from labq.sim.ios_config import RunningConfig
 from labq.sim.cli_emulator import IosCli, Mode
 from labq.sim.control import start_control
+from labq.sim.ios_config import RunningConfig
 from labq.testbed import Connection, Device, Testbed, as_testbed
 
 log = logging.getLogger(__name__)

@@ -73,7 +73,7 @@ def test_configure_applies_and_verifies_lines(app: LabqCelery) -> None:
 def test_reachable_answers_from_the_devices_host(app: LabqCelery) -> None:
     up, down = labq.pcall(device.reachable, device=["b2", "unreach"], run=run(app))
     assert up["reachable"] is True
-    assert down["reachable"] is False and "unreach" == down["device"]
+    assert down["reachable"] is False and down["device"] == "unreach"
 
 
 def test_faulty_devices_end_in_the_right_status(app: LabqCelery, stack: Stack) -> None:

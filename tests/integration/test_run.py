@@ -103,11 +103,11 @@ def test_pcall_timeout_cancels_the_rest_and_keeps_the_finished(app: LabqCelery) 
 
 def test_bad_submissions_are_refused_before_anything_is_queued(app: LabqCelery) -> None:
     with labq.Run("bad", app=app, progress=False) as run:
-        with pytest.raises(labq.SubmitError, match="no.such.task"):
+        with pytest.raises(labq.SubmitError, match=r"no\.such\.task"):
             run.submit("tasks.no.such.task")
         with pytest.raises(labq.SubmitError, match=r"value=.*not JSON"):
             run.submit(diag.echo, value=object())
-        with pytest.raises(labq.TimeLimitError, match="soft_time_limit=9.*time_limit=5"):
+        with pytest.raises(labq.TimeLimitError, match=r"soft_time_limit=9.*time_limit=5"):
             run.submit(diag.echo, value=1, soft_time_limit=9, time_limit=5)
         with pytest.raises(labq.TimeLimitError, match="max_time_limit"):
             run.submit(diag.echo, value=1, soft_time_limit=1, time_limit=10**6)

@@ -14,8 +14,8 @@ import psutil
 import pytest
 import redis
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from conftest import need
 
+from conftest import need
 from labq.app import LabqCelery
 from labq.stack import Stack
 

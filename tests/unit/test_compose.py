@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import need
 
+from conftest import need
 from labq.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
