@@ -172,16 +172,18 @@ def flower(ctx: Context, address: str | None, port: int | None) -> None:
 
 
 @main.command()
-@click.option("--keep", is_flag=True, help="Leave the stack up after the demo.")
-@_option("--tasks", "count", envvar="LABQ_DEMO_TASKS", type=int, default=24, show_default=True,
-         help="How many diagnostic tasks to fan out.")
+@click.option("--keep", is_flag=True, help="Leave the stack up after the demo, until Ctrl-C.")
+@_option("--testbed", envvar="LABQ_TESTBED", default=None,
+         type=click.Path(dir_okay=False, path_type=Path),
+         help="Testbed of the simulated lab.  [default: config/testbed.yaml]")
 @pass_ctx
-def demo(ctx: Context, keep: bool, count: int) -> None:
-    """Start the embedded stack, fan tasks out, print the results, tear down."""
+def demo(ctx: Context, keep: bool, testbed: Path | None) -> None:
+    """Start the stack and simulated lab, run examples/testscript.py, tear down."""
     from labq.demo import run_demo
 
     with _terminate_on_sigterm():
-        code = run_demo(ctx.settings(concurrency=2), count=count, keep=keep)
+        code = run_demo(ctx.settings(concurrency=ctx.settings().concurrency, testbed=testbed),
+                        keep=keep)
     sys.exit(code)
 
 

@@ -1,83 +1,55 @@
-"""``labq demo``: the embedded stack, a fan-out, a results table, teardown."""
+"""``labq demo``: the embedded stack, the simulated lab, the example testscript.
+
+It starts Redis, the simulated lab from ``config/testbed.yaml``, workers
+``lab-a`` and ``lab-b`` and Flower; runs ``examples/testscript.py`` against
+them as any testscript would run (a separate process, configured by
+``LABQ_*`` variables); prints the Flower URL; and tears everything down.
+"""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
-from typing import Any
 
 import click
-from celery.result import AsyncResult
-from rich.console import Console
-from rich.table import Table
 
 from labq.settings import Settings
-from labq.stack import Stack
+from labq.stack import PROJECT_ROOT, Stack, child_env
+
+TESTSCRIPT = PROJECT_ROOT / "examples" / "testscript.py"
 
 
-@dataclass(frozen=True)
-class DemoCall:
-    task: str
-    kwargs: dict[str, Any]
-    queue: str
-    soft_time_limit: float | None = None
-    time_limit: float | None = None
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
-def demo_calls(count: int) -> list[DemoCall]:
-    """A mix of diag tasks over both lab hosts, with one failure and one hard kill."""
-    calls = [
-        DemoCall("tasks.diag.sleep", {"seconds": 0.5}, "lab-a" if i % 2 else "lab-b")
-        for i in range(max(count - 3, 0))
-    ]
-    calls.append(DemoCall("tasks.diag.burn", {"seconds": 0.5}, "lab-a"))
-    calls.append(DemoCall("tasks.diag.fail", {"message": "demo failure"}, "lab-b"))
-    calls.append(DemoCall("tasks.diag.stubborn", {"seconds": 60}, "lab-a",
-                          soft_time_limit=1, time_limit=2))
-    return calls
-
-
-def run_demo(settings: Settings, count: int = 24, keep: bool = False) -> int:
-    console = Console()
+def run_demo(settings: Settings, keep: bool = False) -> int:
+    if not _port_free(settings.flower_address, settings.flower_port):
+        settings = settings.replace(flower_port=0)  # someone else has 5555
     stack = Stack(settings, redis_port=0)
-    console.print("starting the embedded stack: Redis, workers lab-a and lab-b, Flower ...")
+    click.echo("starting Redis, the simulated lab, workers lab-a and lab-b, and Flower ...")
     try:
         stack.start()
-        from labq.app import create_app
-
-        app = create_app(stack.settings)
-        calls = demo_calls(count)
-        started = time.monotonic()
-        results = [
-            app.send_task(c.task, kwargs=c.kwargs, queue=c.queue,
-                          soft_time_limit=c.soft_time_limit, time_limit=c.time_limit)
-            for c in calls
-        ]
-        table = Table(title=f"{len(calls)} diagnostic tasks")
-        for col in ("#", "task", "status", "worker", "result"):
-            table.add_column(col)
-        for i, (call, res) in enumerate(zip(calls, results, strict=True)):
-            table.add_row(str(i), call.task.rsplit(".", 1)[-1], *_describe(res))
-        console.print(table)
-        console.print(f"makespan {time.monotonic() - started:.2f} s")
-        console.print(f"Flower: {stack.flower_url} (user {stack.settings.flower_user!r}, "
-                      f"password {stack.settings.flower_password!r})")
+        code = subprocess.call([sys.executable, str(TESTSCRIPT)], env=child_env(stack.settings),
+                               cwd=PROJECT_ROOT)
+        s = stack.settings
+        click.echo(f"Flower: {stack.flower_url}  (user {s.flower_user!r}, "
+                   f"password {s.flower_password!r})")
         if keep:
-            console.print(stack.export_line())
-            click.pause("stack kept up; press any key to stop it")
-        return 0
+            click.echo(f"The stack stays up until Ctrl-C. In another shell:\n  {stack.export_line()}")
+            while True:
+                stack.check_alive()
+                time.sleep(1.0)
+        return code
     except KeyboardInterrupt:
-        return 130
+        return 0 if keep else 130
     finally:
+        click.echo("tearing down ...")
         stack.stop()
-
-
-def _describe(res: AsyncResult) -> tuple[str, str, str]:
-    try:
-        value = res.get(timeout=120, propagate=False)
-    except Exception as exc:
-        return "TIMEOUT", "-", type(exc).__name__
-    worker = (res.worker or "-").split("@")[0]
-    if res.successful():
-        return "SUCCESS", worker, str(value)[:60]
-    return res.state, worker, f"{type(value).__name__}: {value}"[:60]

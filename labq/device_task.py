@@ -32,6 +32,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.request import Request
 
 from labq.drivers import open_session
+from labq.errors import SoftTimeout
 from labq.lease import Grant, Leases, Renewer
 from labq.task_base import LabqTask
 from labq.testbed import Device, Testbed, load_testbed
@@ -164,10 +165,11 @@ def _run_on_device(task: DeviceTask, func: Callable[..., Any], device: str,
             session = open_session(dev, task.connect_timeout)
             try:
                 return func(session, **kwargs)
-            except SoftTimeLimitExceeded:
+            except SoftTimeLimitExceeded as exc:
                 # The device may be mid-command: drop the link, don't say goodbye.
                 session.abort()
-                raise
+                raise SoftTimeout(f"soft time limit reached on {dev.name!r}",
+                                  dict(session.transcript)) from exc
             finally:
                 session.close()
     finally:

@@ -178,6 +178,20 @@ class TaskCancelled(LabqError):
     durable cancel flag in Redis) or when the cancel interrupts it."""
 
 
+class SoftTimeout(LabqError):
+    """A device task reached its soft time limit. Raised in the task after the
+    session was dropped; ``partial`` maps each command that completed to its
+    output, so the outcome keeps what was gathered before the interrupt."""
+
+    def __init__(self, message: str, partial: dict[str, str] | None = None) -> None:
+        self.partial = dict(partial or {})
+        # args, not just the message: the JSON result carries the partial output.
+        super().__init__(message, self.partial)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class SubmitError(LabqError):
     """A task could not be submitted: an argument that is not JSON, a task
     name no module under ``tasks/`` registers, or a run that is closed.

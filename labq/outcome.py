@@ -42,7 +42,7 @@ class RemoteError:
     traceback: str = ""
 
     def __str__(self) -> str:
-        return f"{self.type}: {self.message}"
+        return f"{self.type}: {self.message}" if self.message else self.type
 
 
 @dataclass(frozen=True)

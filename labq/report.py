@@ -14,6 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
 from labq.outcome import Outcome, Status
 
 COLOURS = {
@@ -59,7 +61,7 @@ def timeline_svg(outcomes: Sequence[Outcome]) -> str:
     span = max(0.001, max((e - t0).total_seconds() for e in ends if e))
     lanes = sorted({_lane(o) for o in started})
     height = LANE_HEIGHT * len(lanes) + 30
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{LABEL_WIDTH + PLOT_WIDTH + 20}" '
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{LABEL_WIDTH + PLOT_WIDTH + 50}" '
              f'height="{height}" role="img" aria-label="timeline">']
     for i, lane in enumerate(lanes):
         y = i * LANE_HEIGHT
@@ -127,3 +129,27 @@ def write_report(path: Path, run_id: str, outcomes: Sequence[Outcome]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(run_id, outcomes), encoding="utf-8")
     return path
+
+
+def outcome_table(outcomes: Sequence[Outcome], title: str = "") -> Table:
+    """A rich table of outcomes: device, task, status, worker, seconds, result."""
+    table = Table(title=title or None)
+    for col in ("device", "task", "status", "worker", "s", "result / error"):
+        table.add_column(col, overflow="fold")
+    for o in outcomes:
+        if o.error is not None:
+            detail = str(o.error)
+        else:
+            text = o.value if isinstance(o.value, str) else json.dumps(o.value)
+            detail = (text or "").strip().splitlines()[0][:60] if text else ""
+        colour = _RICH_COLOURS.get(o.status, "")
+        table.add_row(o.device or "-", o.task.rsplit(".", 1)[-1],
+                      f"[{colour}]{o.status.value}[/]" if colour else o.status.value,
+                      o.worker or "-", f"{o.duration:.2f}" if o.duration is not None else "-",
+                      detail)
+    return table
+
+
+_RICH_COLOURS = {Status.SUCCEEDED: "green", Status.FAILED: "red",
+                 Status.SOFT_TIMEOUT: "yellow", Status.HARD_TIMEOUT: "magenta",
+                 Status.CANCELLED: "bright_black", Status.LOST: "blue"}

@@ -25,7 +25,7 @@ import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from labq.errors import TaskCancelled
+from labq.errors import SoftTimeout, TaskCancelled
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class LabqTask(Task):  # type: ignore[misc]
         current.device = str(kwargs.get("device") or (args[0] if args else "") or "")
         try:
             return self.run(*args, **kwargs)
-        except SoftTimeLimitExceeded as exc:
+        except (SoftTimeLimitExceeded, SoftTimeout) as exc:
             # A cancel interrupts with the same signal as the soft limit.
             if client.exists(cancel_key(run_id)):
                 raise TaskCancelled(f"run {run_id!r} was cancelled while task {task_id} ran") from exc

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
 
 from labq.app import LabqCelery, create_app
 from labq.redis_server import RedisServer
@@ -122,9 +125,50 @@ def app(stack: Stack) -> Iterator[LabqCelery]:
     a.close()
 
 
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,900",
+)
+
+
 @pytest.fixture(scope="session")
 def chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     need(path is not None, "chromium is not installed (apt-get install chromium chromium-driver)")
     assert path
     return path
+
+
+@pytest.fixture(scope="session")
+def chromedriver() -> str:
+    path = shutil.which("chromedriver") or (CHROMEDRIVER if Path(CHROMEDRIVER).exists() else None)
+    need(path is not None, "chromedriver is not installed (apt-get install chromium-driver)")
+    assert path
+    return path
+
+
+@pytest.fixture()
+def browser(chromium: str, chromedriver: str, tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    """A fresh headless Chromium with its own profile and no credentials yet."""
+    options = Options()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    service = Service(executable_path=chromedriver, log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -21,6 +21,8 @@ class Session(abc.ABC):
         self.device = device
         self.connection = connection
         self.closed = False
+        #: (command, output) of every command that completed, in order.
+        self.transcript: list[tuple[str, str]] = []
 
     @property
     @abc.abstractmethod

@@ -74,7 +74,9 @@ class NetmikoSession(Session):
         return self._conn
 
     def execute(self, command: str, timeout: float | None = None) -> str:
-        return str(self._conn.send_command(command, read_timeout=timeout or DEFAULT_READ_TIMEOUT))
+        output = str(self._conn.send_command(command, read_timeout=timeout or DEFAULT_READ_TIMEOUT))
+        self.transcript.append((command, output))
+        return output
 
     def configure(self, lines: Sequence[str]) -> str:
         return str(self._conn.send_config_set(list(lines)))

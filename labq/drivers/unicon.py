@@ -70,11 +70,13 @@ class UniconSession(Session):
 
     def execute(self, command: str, timeout: float | None = None) -> str:
         try:
-            return str(self._conn.execute(command, timeout=timeout or DEFAULT_TIMEOUT))
+            output = str(self._conn.execute(command, timeout=timeout or DEFAULT_TIMEOUT))
         except Exception:
             # A timed-out unicon session stays unusable: destroy it.
             self.abort()
             raise
+        self.transcript.append((command, output))
+        return output
 
     def configure(self, lines: Sequence[str]) -> str:
         return str(self._conn.configure(list(lines)))

@@ -10,37 +10,18 @@ tasks pages are saved to ``tests/artifacts/``.
 from __future__ import annotations
 
 import base64
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import need
+from conftest import ARTIFACTS
 from labq.app import LabqCelery
 from labq.stack import Stack
-
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1400,900",
-)
 
 # Cell texts of every row of a DataTable, read in one script call so that an
 # autorefresh redrawing the table cannot leave us holding stale elements.
@@ -48,31 +29,6 @@ TABLE_ROWS_JS = """
 return Array.from(document.querySelectorAll(arguments[0] + ' tbody tr')).map(
     tr => Array.from(tr.cells).map(td => td.innerText.trim()));
 """
-
-
-@pytest.fixture(scope="session")
-def chromedriver() -> str:
-    path = shutil.which("chromedriver") or (CHROMEDRIVER if Path(CHROMEDRIVER).exists() else None)
-    need(path is not None, "chromedriver is not installed (apt-get install chromium-driver)")
-    assert path
-    return path
-
-
-@pytest.fixture()
-def browser(chromium: str, chromedriver: str, tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    """A fresh headless Chromium with its own profile and no credentials yet."""
-    options = Options()
-    options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    service = Service(executable_path=chromedriver, log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def log_in(driver: webdriver.Chrome, stack: Stack) -> None:

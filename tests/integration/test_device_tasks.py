@@ -78,12 +78,15 @@ def test_reachable_answers_from_the_devices_host(app: LabqCelery) -> None:
 
 def test_faulty_devices_end_in_the_right_status(app: LabqCelery, stack: Stack) -> None:
     with run(app, "faults") as r:
-        hang = r.submit(device.execute, device="hang", command="show version",
+        hang = r.submit(device.execute, device="hang",
+                        commands=["show ip interface brief", "show version"],
                         soft_time_limit=2, time_limit=10)
         auth = r.submit(device.execute, device="authfail", command="show version")
         unreach = r.submit(device.execute, device="unreach", command="show version")
     by_id = {o.task_id: o for o in r.outcomes}
     assert by_id[hang].status is labq.Status.SOFT_TIMEOUT
+    # The output gathered before the interrupt is kept.
+    assert list(by_id[hang].value) == ["show ip interface brief"]
     assert by_id[auth].status is labq.Status.FAILED
     assert by_id[auth].error and by_id[auth].error.type == "AuthenticationFailed"
     assert "authfail" in by_id[auth].error.message

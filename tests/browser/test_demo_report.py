@@ -1,0 +1,44 @@
+"""`labq demo` end to end, and its HTML report in a real headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from selenium import webdriver
+
+from conftest import ARTIFACTS
+
+LABQ = str(Path(sys.executable).with_name("labq"))
+
+
+def test_demo_prints_every_status_and_writes_a_report_a_browser_shows(
+    tmp_path: Path, browser: webdriver.Chrome
+) -> None:
+    env = {**os.environ, "LABQ_STATE_DIR": str(tmp_path), "LABQ_FLOWER_PORT": "0",
+           "LABQ_SHUTDOWN_TIMEOUT": "5", "COLUMNS": "160"}
+    out = subprocess.run([LABQ, "demo"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    for status in ("succeeded", "soft_timeout", "hard_timeout", "failed"):
+        assert status in text, status
+    assert "AuthenticationFailed" in text and "DeviceUnreachable" in text
+    assert re.search(r"Flower: http://127\.0\.0\.1:\d+", text)
+    report = Path(re.search(r"report: (\S+\.html)", text).group(1))  # type: ignore[union-attr]
+    assert report.is_file()
+
+    browser.get(report.as_uri())
+    bars = browser.find_elements("css selector", "svg rect.bar")
+    lanes = browser.find_elements("css selector", "svg text.lane")
+    rows = browser.find_elements("css selector", "h2 + table tr, table tr")
+    assert len(bars) == 21  # 20 devices and the stubborn diag task
+    statuses = {b.get_attribute("data-status") for b in bars}
+    assert {"succeeded", "soft_timeout", "hard_timeout", "failed"} <= statuses
+    slots = {t.text for t in lanes}
+    assert len(lanes) == len(slots) >= 2
+    assert rows
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "demo-report.png"))
