@@ -1,0 +1,389 @@
+"""Fan-out: connect + ``show version`` on N simulated devices at total concurrency C.
+
+Two sides, alternated A B A B in one invocation, against the same simulated lab:
+
+A. labq: ``labq.pcall(tasks.device.execute, device=[...])`` on the embedded
+   stack (real Redis, two prefork workers of C/2 slots each, all devices on
+   the default queue that both consume).
+B. local: ``multiprocessing.Pool(C)`` (fork context) running the same netmiko
+   code, ``open_session`` + ``execute`` + ``close``, one device per call.
+
+What is warm, and what each makespan counts:
+
+- Both sides get one unmeasured warm-up pass over all N devices first.
+- A counts, from before ``labq.Run`` is made to the return of ``pcall``: the
+  Run's Redis ping, routing and publishing N messages, the workers' dispatch,
+  the lease, the SSH session, storing the result, and the client's polling
+  until it has seen the last result. The workers and their prefork children
+  are already up (as on a lab), so their start is not counted.
+- B counts, from before ``Pool(C)`` is made to the return of ``pool.map``:
+  forking the C children, the SSH sessions, and returning results. The
+  pool's teardown after the results are in is not counted. ``netmiko`` and
+  the testbed are loaded in the parent before the fork, as labq's workers
+  preload them.
+
+The ideal makespan is ``ceil(N/C) x t1`` where ``t1`` is the median of
+``--samples`` serial connect + ``show version`` + close on one device.
+
+Run from the repository root: ``.venv/bin/python -m bench.fanout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+COMMAND = "show version"
+
+#: The testbed side B's children read; loaded in the parent before the fork.
+_TESTBED: Any = None
+
+
+# -- side B: the same netmiko code under a local multiprocessing.Pool ---------
+
+
+def local_task(name: str) -> tuple[str, float, float, int]:
+    """connect + ``show version`` + close on ``name``: (device, start, end, output length)."""
+    from labq.drivers import open_session
+
+    start = time.time()
+    session = open_session(_TESTBED.device(name))
+    try:
+        out = session.execute(COMMAND)
+    finally:
+        session.close()
+    end = time.time()
+    if f"{name} uptime is" not in out:
+        raise RuntimeError(f"{name}: unexpected output {out[:200]!r}")
+    return name, start, end, len(out)
+
+
+def run_local(names: Sequence[str], concurrency: int) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("fork")
+    cpu0 = os.times()
+    t0 = time.perf_counter()
+    wall0 = time.time()
+    with ctx.Pool(concurrency) as pool:
+        results = pool.map(local_task, names, chunksize=1)
+        makespan = time.perf_counter() - t0
+    cpu1 = os.times()  # the pool's children are reaped now: their CPU is in the totals
+    starts = [r[1] for r in results]
+    ends = [r[2] for r in results]
+    return {
+        "makespan": makespan,
+        "tasks": len(results),
+        "first_start": min(starts) - wall0,
+        "last_end": max(ends) - wall0,
+        "tail": makespan - (max(ends) - wall0),
+        "task_median": statistics.median(e - s for s, e in zip(starts, ends, strict=True)),
+        "busy": sum(e - s for s, e in zip(starts, ends, strict=True)),
+        "cpu": {
+            "client": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
+            "children": (cpu1.children_user - cpu0.children_user)
+            + (cpu1.children_system - cpu0.children_system),
+        },
+    }
+
+
+# -- side A: labq.pcall on the embedded stack ---------------------------------
+
+
+def run_labq(app: Any, names: Sequence[str], timeout: float) -> dict[str, Any]:
+    import labq
+    from tasks.device import execute
+
+    cpu0 = os.times()
+    t0 = time.perf_counter()
+    wall0 = time.time()
+    run = labq.Run("bench", app=app, progress=False)
+    try:
+        outputs = labq.pcall(execute, device=list(names), ckwargs={"command": COMMAND},
+                             timeout=timeout, run=run)
+        makespan = time.perf_counter() - t0
+        outcomes = run.outcomes
+    finally:
+        run.close()
+    cpu1 = os.times()
+    for name, out in zip(names, outputs, strict=True):
+        if f"{name} uptime is" not in str(out):
+            raise RuntimeError(f"{name}: unexpected output {str(out)[:200]!r}")
+    starts = [o.started_at.timestamp() for o in outcomes if o.started_at]
+    ends = [o.finished_at.timestamp() for o in outcomes if o.finished_at]
+    durations = [o.duration for o in outcomes if o.duration is not None]
+    return {
+        "makespan": makespan,
+        "tasks": len(outputs),
+        "first_start": min(starts) - wall0,
+        "last_end": max(ends) - wall0,
+        "tail": makespan - (max(ends) - wall0),
+        "task_median": statistics.median(durations),
+        "busy": sum(durations),
+        "workers": sorted({o.worker or "?" for o in outcomes}),
+        "cpu": {"client": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)},
+    }
+
+
+# -- CPU accounting of the long-lived processes --------------------------------
+
+
+def tree_cpu(pid: int | None) -> float:
+    """User + system seconds of ``pid`` and its live descendants (0 when gone)."""
+    if pid is None:
+        return 0.0
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def service_cpu(stack: Any, sim: Any) -> dict[str, float]:
+    workers = sum(tree_cpu(p.pid) for p in stack.processes.values())
+    redis_proc = stack.redis.process if stack.redis else None
+    return {"workers": workers, "redis": tree_cpu(redis_proc.pid if redis_proc else None),
+            "sim": tree_cpu(sim.pid)}
+
+
+def measured(fn: Any, stack: Any, sim: Any) -> dict[str, Any]:
+    before = service_cpu(stack, sim)
+    result: dict[str, Any] = fn()
+    after = service_cpu(stack, sim)
+    for key, value in after.items():
+        result["cpu"][key] = value - before[key]
+    return result
+
+
+# -- the serial per-task time ---------------------------------------------------
+
+
+def serial_task_time(testbed: Any, device: str, samples: int) -> list[float]:
+    from labq.drivers import open_session
+
+    times = []
+    for i in range(samples + 1):  # the first one imports and warms up: dropped
+        t0 = time.perf_counter()
+        session = open_session(testbed.device(device))
+        session.execute(COMMAND)
+        session.close()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+# -- reporting --------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu_model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import celery
+    import netmiko
+    import paramiko
+
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_total_bytes": psutil.virtual_memory().total,
+        "memory_total_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "celery": celery.__version__,
+        "netmiko": netmiko.__version__,
+        "paramiko": paramiko.__version__,
+    }
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def print_table(rounds: list[dict[str, Any]], ideal: float) -> None:
+    head = (f"{'round':>5} {'side':<6} {'makespan s':>10} {'/ideal':>7} {'1st start':>9} "
+            f"{'last end':>9} {'tail':>6} {'task p50':>8} {'util':>5}  {'A/B':>5}")
+    print(head)
+    print("-" * len(head))
+    for r in rounds:
+        for side in ("A", "B"):
+            s = r[side]
+            ratio = f"{r['ratio']:5.3f}" if side == "B" else ""
+            print(f"{r['round']:>5} {side + (' labq' if side == 'A' else ' pool'):<6} "
+                  f"{s['makespan']:10.2f} {s['makespan'] / ideal:7.2f} {s['first_start']:9.2f} "
+                  f"{s['last_end']:9.2f} {s['tail']:6.2f} {s['task_median']:8.2f} "
+                  f"{s['utilisation']:5.2f}  {ratio:>5}")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__.split("\n")[0])
+    p.add_argument("--devices", "-n", type=int, default=200, help="N simulated devices (200)")
+    p.add_argument("--concurrency", "-c", type=int, default=32,
+                   help="C, total: labq splits it over two workers, the pool gets all (32)")
+    p.add_argument("--latency", type=float, default=0.0,
+                   help="simulated command latency in seconds, per command (0; issue 7 uses 0.2)")
+    p.add_argument("--rounds", type=int, default=3, help="measured A B pairs (3)")
+    p.add_argument("--samples", type=int, default=10, help="serial samples for the per-task time (10)")
+    p.add_argument("--timeout", type=float, default=300.0, help="pcall timeout per round (300)")
+    p.add_argument("--output", type=Path, default=None,
+                   help="JSON file (bench/results/fanout.json, or fanout-latency<L>.json with --latency)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.concurrency < 2 or args.concurrency % 2:
+        raise SystemExit("--concurrency must be even: it is split over two workers")
+    global _TESTBED
+    import labq
+    from labq.app import create_app
+    from labq.sim.process import SimProcess
+    from labq.sim.testbeds import make_testbed
+    from labq.stack import Stack, WorkerSpec
+    from labq.testbed import load_testbed
+
+    started = time.perf_counter()
+    n, c = args.devices, args.concurrency
+    output = args.output or RESULTS_DIR / (
+        "fanout.json" if not args.latency else f"fanout-latency{args.latency:g}.json")
+    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+    facts = machine()
+    print(f"fan-out: N={n} devices, C={c}, latency={args.latency:g} s, rounds={args.rounds}; "
+          f"nproc={facts['nproc']}, memory={facts['memory_total_gib']} GiB", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="labq-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        testbed_path = make_testbed(tmp, n, latency=args.latency, name="bench-fanout")
+        names = [f"r{i + 1}" for i in range(n)]
+        _TESTBED = load_testbed(testbed_path)
+        settings = labq.Settings.load(env={}, config_file=os.devnull, testbed=testbed_path,
+                                      state_dir=tmp / "stack", concurrency=c // 2, flower_port=0)
+        with SimProcess(testbed_path, state_dir=tmp / "sim") as sim:
+            t1_samples = serial_task_time(_TESTBED, names[0], args.samples)
+            t1 = statistics.median(t1_samples)
+            ideal = math.ceil(n / c) * t1
+            print(f"per-task time t1 = {t1:.3f} s (median of {args.samples}, serial, {names[0]}); "
+                  f"ideal = ceil({n}/{c}) x t1 = {ideal:.2f} s", flush=True)
+
+            stack = Stack(settings, workers=(WorkerSpec("lab-a", ("lab-a",), concurrency=c // 2),
+                                             WorkerSpec("lab-b", ("lab-b",), concurrency=c // 2)),
+                          with_flower=False, with_sim=False)
+            t_stack = time.perf_counter()
+            with stack:
+                stack_start = time.perf_counter() - t_stack
+                app = create_app(stack.settings)
+                try:
+                    print(f"stack up in {stack_start:.1f} s; warming up both sides", flush=True)
+                    warm_a = run_labq(app, names, args.timeout)
+                    warm_b = run_local(names, c)
+                    print(f"warm-up: A {warm_a['makespan']:.2f} s, B {warm_b['makespan']:.2f} s",
+                          flush=True)
+                    rounds = []
+                    for i in range(args.rounds):
+                        a = measured(lambda: run_labq(app, names, args.timeout), stack, sim)
+                        b = measured(lambda: run_local(names, c), stack, sim)
+                        for side in (a, b):
+                            side["utilisation"] = side["busy"] / (c * side["makespan"])
+                        rounds.append({"round": i + 1, "A": a, "B": b,
+                                       "ratio": a["makespan"] / b["makespan"]})
+                        print(f"round {i + 1}: A {a['makespan']:.2f} s, B {b['makespan']:.2f} s, "
+                              f"A/B {a['makespan'] / b['makespan']:.3f}", flush=True)
+                finally:
+                    app.close()
+
+    ratios = [r["ratio"] for r in rounds]
+    result = {
+        "benchmark": "fanout",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "machine": facts,
+        "params": {"devices": n, "concurrency": c, "workers": [c // 2, c // 2],
+                   "latency": args.latency, "rounds": args.rounds, "samples": args.samples,
+                   "command": COMMAND, "poll_interval": _poll_interval()},
+        "per_task": {"median": t1, "samples": t1_samples},
+        "ideal": ideal,
+        "stack_start": stack_start,
+        "warmup": {"A": warm_a["makespan"], "B": warm_b["makespan"]},
+        "rounds": rounds,
+        "summary": {
+            "ratio": summary(ratios),
+            "A_makespan": summary([r["A"]["makespan"] for r in rounds]),
+            "B_makespan": summary([r["B"]["makespan"] for r in rounds]),
+            "A_over_ideal": summary([r["A"]["makespan"] / ideal for r in rounds]),
+            "B_over_ideal": summary([r["B"]["makespan"] / ideal for r in rounds]),
+            "target": 1.10,
+            "meets_target": statistics.median(ratios) <= 1.10,
+        },
+        "elapsed": time.perf_counter() - started,
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+
+    print()
+    print_table(rounds, ideal)
+    s = result["summary"]
+    print()
+    print(f"ideal ceil({n}/{c}) x {t1:.3f} s = {ideal:.2f} s")
+    print(f"A labq  makespan median {s['A_makespan']['median']:.2f} s "
+          f"({s['A_over_ideal']['median']:.2f} x ideal)")
+    print(f"B pool  makespan median {s['B_makespan']['median']:.2f} s "
+          f"({s['B_over_ideal']['median']:.2f} x ideal)")
+    print(f"A/B ratio median {s['ratio']['median']:.3f} (min {s['ratio']['min']:.3f}, "
+          f"max {s['ratio']['max']:.3f}); target <= 1.10: "
+          f"{'met' if s['meets_target'] else 'MISSED'}")
+    cpu_a = _mean_cpu(rounds, "A")
+    cpu_b = _mean_cpu(rounds, "B")
+    print("CPU s per round, A: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu_a.items()))
+    print("CPU s per round, B: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu_b.items()))
+    print(f"wrote {_display(output)} in {result['elapsed']:.0f} s; reproduce with: {command}")
+    return 0
+
+
+def _mean_cpu(rounds: list[dict[str, Any]], side: str) -> dict[str, float]:
+    keys = rounds[0][side]["cpu"].keys()
+    return {k: statistics.mean(r[side]["cpu"][k] for r in rounds) for k in keys}
+
+
+def _poll_interval() -> float:
+    from labq import run
+
+    return float(run.POLL_INTERVAL)
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
