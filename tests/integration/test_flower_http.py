@@ -6,13 +6,16 @@ import base64
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from email.message import Message
 
 import pytest
 
+import labq
 from labq.app import LabqCelery
 from labq.stack import Stack
+from tasks import device
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -104,3 +107,20 @@ def test_metrics_serve_prometheus_text_with_flower_metrics(stack: Stack, app: La
     for line in events:
         value = float(line.rsplit(" ", 1)[1])
         assert value >= 1.0
+
+
+def test_flower_filters_a_runs_tasks_by_run_id_and_device(stack: Stack, app: LabqCelery) -> None:
+    with labq.Run("flower-filter", app=app, progress=False) as run:
+        run.submit(device.execute, device="a5", command="show version")
+        run.submit(device.execute, device="b5", command="show version")
+    query = urllib.parse.quote(f"kwargs:labq_run={run.id}")
+    deadline = time.monotonic() + 20
+    while True:
+        found = json.loads(stack.flower_get(f"/api/tasks?search={query}"))
+        if len(found) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert set(found) == {o.task_id for o in run.outcomes}
+    by_device = json.loads(stack.flower_get(
+        "/api/tasks?search=" + urllib.parse.quote(f"kwargs:labq_run={run.id} kwargs:device=a5")))
+    assert [t["kwargs"] for t in by_device.values()] and len(by_device) == 1
