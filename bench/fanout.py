@@ -31,6 +31,7 @@ Run from the repository root: ``.venv/bin/python -m bench.fanout``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import multiprocessing
@@ -59,7 +60,7 @@ _TESTBED: Any = None
 
 
 def local_task(name: str) -> tuple[str, float, float, int]:
-    """connect + ``show version`` + close on ``name``: (device, start, end, output length)."""
+    """connect + ``show version`` + close on ``name``: (device, start, end, pid)."""
     from labq.drivers import open_session
 
     start = time.time()
@@ -71,7 +72,7 @@ def local_task(name: str) -> tuple[str, float, float, int]:
     end = time.time()
     if f"{name} uptime is" not in out:
         raise RuntimeError(f"{name}: unexpected output {out[:200]!r}")
-    return name, start, end, len(out)
+    return name, start, end, os.getpid()
 
 
 def run_local(names: Sequence[str], concurrency: int) -> dict[str, Any]:
@@ -93,12 +94,25 @@ def run_local(names: Sequence[str], concurrency: int) -> dict[str, Any]:
         "tail": makespan - (max(ends) - wall0),
         "task_median": statistics.median(e - s for s, e in zip(starts, ends, strict=True)),
         "busy": sum(e - s for s, e in zip(starts, ends, strict=True)),
+        "gap_median": slot_gaps([(str(r[3]), r[1], r[2]) for r in results]),
         "cpu": {
             "client": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
             "children": (cpu1.children_user - cpu0.children_user)
             + (cpu1.children_system - cpu0.children_system),
         },
     }
+
+
+def slot_gaps(spans: Sequence[tuple[str, float, float]]) -> float:
+    """Median idle time of a slot between the end of one task and the start of its next."""
+    by_slot: dict[str, list[tuple[float, float]]] = {}
+    for slot, start, end in spans:
+        by_slot.setdefault(slot, []).append((start, end))
+    gaps = []
+    for runs in by_slot.values():
+        runs.sort()
+        gaps += [nxt[0] - prev[1] for prev, nxt in itertools.pairwise(runs)]
+    return statistics.median(gaps) if gaps else 0.0
 
 
 # -- side A: labq.pcall on the embedded stack ---------------------------------
@@ -126,14 +140,18 @@ def run_labq(app: Any, names: Sequence[str], timeout: float) -> dict[str, Any]:
     starts = [o.started_at.timestamp() for o in outcomes if o.started_at]
     ends = [o.finished_at.timestamp() for o in outcomes if o.finished_at]
     durations = [o.duration for o in outcomes if o.duration is not None]
+    queued = [o.queued_at.timestamp() for o in outcomes if o.queued_at]
     return {
         "makespan": makespan,
         "tasks": len(outputs),
+        "submitted": max(queued) - wall0,
         "first_start": min(starts) - wall0,
         "last_end": max(ends) - wall0,
         "tail": makespan - (max(ends) - wall0),
         "task_median": statistics.median(durations),
         "busy": sum(durations),
+        "gap_median": slot_gaps([(o.slot or "?", o.started_at.timestamp(), o.finished_at.timestamp())
+                                 for o in outcomes if o.started_at and o.finished_at]),
         "workers": sorted({o.worker or "?" for o in outcomes}),
         "cpu": {"client": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)},
     }
@@ -142,14 +160,14 @@ def run_labq(app: Any, names: Sequence[str], timeout: float) -> dict[str, Any]:
 # -- CPU accounting of the long-lived processes --------------------------------
 
 
-def tree_cpu(pid: int | None) -> float:
+def tree_cpu(pid: int | None, children: bool = True) -> float:
     """User + system seconds of ``pid`` and its live descendants (0 when gone)."""
     if pid is None:
         return 0.0
     total = 0.0
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        procs = [root, *(root.children(recursive=True) if children else [])]
     except psutil.Error:
         return 0.0
     for proc in procs:
@@ -162,10 +180,13 @@ def tree_cpu(pid: int | None) -> float:
 
 
 def service_cpu(stack: Any, sim: Any) -> dict[str, float]:
-    workers = sum(tree_cpu(p.pid) for p in stack.processes.values())
+    """CPU seconds so far of the workers' main processes, their prefork
+    children, Redis and the simulated lab."""
+    trees = sum(tree_cpu(p.pid) for p in stack.processes.values())
+    mains = sum(tree_cpu(p.pid, children=False) for p in stack.processes.values())
     redis_proc = stack.redis.process if stack.redis else None
-    return {"workers": workers, "redis": tree_cpu(redis_proc.pid if redis_proc else None),
-            "sim": tree_cpu(sim.pid)}
+    return {"worker_main": mains, "worker_children": trees - mains,
+            "redis": tree_cpu(redis_proc.pid if redis_proc else None), "sim": tree_cpu(sim.pid)}
 
 
 def measured(fn: Any, stack: Any, sim: Any) -> dict[str, Any]:
@@ -230,7 +251,7 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 
 def print_table(rounds: list[dict[str, Any]], ideal: float) -> None:
     head = (f"{'round':>5} {'side':<6} {'makespan s':>10} {'/ideal':>7} {'1st start':>9} "
-            f"{'last end':>9} {'tail':>6} {'task p50':>8} {'util':>5}  {'A/B':>5}")
+            f"{'last end':>9} {'tail':>6} {'task p50':>8} {'gap p50':>7} {'util':>5}  {'A/B':>5}")
     print(head)
     print("-" * len(head))
     for r in rounds:
@@ -239,7 +260,7 @@ def print_table(rounds: list[dict[str, Any]], ideal: float) -> None:
             ratio = f"{r['ratio']:5.3f}" if side == "B" else ""
             print(f"{r['round']:>5} {side + (' labq' if side == 'A' else ' pool'):<6} "
                   f"{s['makespan']:10.2f} {s['makespan'] / ideal:7.2f} {s['first_start']:9.2f} "
-                  f"{s['last_end']:9.2f} {s['tail']:6.2f} {s['task_median']:8.2f} "
+                  f"{s['last_end']:9.2f} {s['tail']:6.2f} {s['task_median']:8.2f} {s['gap_median']:7.3f} "
                   f"{s['utilisation']:5.2f}  {ratio:>5}")
 
 
@@ -314,7 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             side["utilisation"] = side["busy"] / (c * side["makespan"])
                         rounds.append({"round": i + 1, "A": a, "B": b,
                                        "ratio": a["makespan"] / b["makespan"]})
-                        print(f"round {i + 1}: A {a['makespan']:.2f} s, B {b['makespan']:.2f} s, "
+                        print(f"round {i + 1}: A {a['makespan']:.2f} s (all {n} submitted at "
+                              f"{a['submitted']:.2f} s), B {b['makespan']:.2f} s, "
                               f"A/B {a['makespan'] / b['makespan']:.3f}", flush=True)
                 finally:
                     app.close()

@@ -34,6 +34,9 @@ class PreforkOnlyWorker(CeleryWorker):  # type: ignore[misc]
         check_pool(self.pool_cls)
         super().on_after_init(**kwargs)
         preload_for_fork()
+        # labq.killing: children lead their own process group and may fork.
+        from labq.killing import install
+        install()
 
 
 #: Imported in the worker's main process, so each forked child shares them
@@ -64,9 +67,14 @@ def check_pool(pool: object) -> None:
     """Raise :class:`ConfigError` unless ``pool`` names the prefork pool."""
     from celery.concurrency.prefork import TaskPool
 
+    from celery.concurrency import ALIASES
+
     if pool is TaskPool or pool in ALLOWED_POOLS:
         return
-    name = getattr(pool, "__name__", pool)
+    name = pool
+    if isinstance(pool, type):
+        path = f"{pool.__module__}:{pool.__name__}"
+        name = next((alias for alias, target in ALIASES.items() if target == path), path)
     raise ConfigError(
         "--pool",
         name,

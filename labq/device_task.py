@@ -29,10 +29,10 @@ import redis
 from billiard.exceptions import WorkerLostError
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.worker.request import Request
 
 from labq.drivers import open_session
 from labq.errors import SoftTimeout
+from labq.killing import KillingRequest
 from labq.lease import Grant, Leases, Renewer
 from labq.task_base import LabqTask
 from labq.testbed import Device, Testbed, load_testbed
@@ -44,8 +44,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: How long a waiter far from its turn may keep its slot before it gives
 #: the slot back and retries.
 IN_SLOT_WAIT = 0.2
-#: Countdown of the retry that gives the slot back.
+#: Shortest and longest countdown of the retry that gives the slot back;
+#: the longest stays well under the lease module's waiter TTL.
 RETRY_AFTER = 0.3
+MAX_RETRY_AFTER = 5.0
 #: Seconds between lease polls of a waiter in its slot.
 POLL = 0.05
 
@@ -88,7 +90,7 @@ def release_leases_of(app: Any, task_id: str) -> list[str]:
         return []
 
 
-class DeviceRequest(Request):  # type: ignore[misc]
+class DeviceRequest(KillingRequest):
     """The worker main process's view of a device task: frees leases on a kill."""
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
@@ -206,5 +208,8 @@ def _take_lease(task: DeviceTask, leases: Leases, device: str, max_sessions: int
             leases.client.set(since_key, repr(since), ex=int(task.lease_timeout) + 60)
         near_head = answer.position <= max_sessions
         if not near_head and time.monotonic() > slot_deadline:
-            raise task.retry(countdown=RETRY_AFTER)
+            # Far back in line: come back about when the turn may be near,
+            # instead of churning the broker and the CPU with early retries.
+            behind = answer.position - max_sessions
+            raise task.retry(countdown=min(MAX_RETRY_AFTER, max(RETRY_AFTER, 0.2 * behind)))
         time.sleep(POLL)

@@ -121,6 +121,9 @@ def _install_log_handler() -> None:
 class LabqTask(Task):  # type: ignore[misc]
     """Base of every task on a labq app (``task_cls``)."""
 
+    #: Hard kills take the child's whole process tree (labq.killing).
+    Request = "labq.killing:KillingRequest"
+
     #: May run again after its worker host died mid-task.
     idempotent: bool = False
 

@@ -64,3 +64,115 @@ def stubborn(seconds: float = 3600.0) -> dict[str, Any]:
 def fail(message: str = "diag failure") -> None:
     """Raise ``RuntimeError(message)``, to exercise failure reporting."""
     raise RuntimeError(message)
+
+
+# -- tasks that start processes, for the killability tests ----------------------
+#
+# Each appends ``task <pid>`` and ``child <pid>`` lines to ``pidfile`` so a
+# test can check the process table after a kill. With ``obey_soft`` false the
+# soft limit's signal is ignored, so only the hard limit (or a SIGKILL
+# revoke) stops the task, the case labq.killing exists for.
+
+#: A process that outlives SIGTERM: only SIGKILL (or the group's) ends it.
+_IGNORES_TERM = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                 "time.sleep({seconds})")
+
+
+def _record(pidfile: str | None, role: str, pid: int) -> None:
+    # One small O_APPEND write per line: processes writing at once don't interleave.
+    if not pidfile:
+        return
+    fd = os.open(pidfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{role} {pid}\n".encode())
+    finally:
+        os.close(fd)
+
+
+class _SoftLimit:
+    """Ignore the soft limit's signal (billiard's SIGUSR1) unless ``obey``."""
+
+    def __init__(self, obey: bool) -> None:
+        self.obey = obey
+        self.old: Any = None
+
+    def __enter__(self) -> None:
+        import signal
+
+        if not self.obey:
+            self.old = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if not self.obey:
+            signal.signal(signal.SIGUSR1, self.old)
+
+
+@shared_task(name="tasks.diag.spawn_sleepers")
+def spawn_sleepers(n: int = 2, seconds: float = 3600.0, pidfile: str | None = None,
+                   new_session: bool = False, obey_soft: bool = False) -> dict[str, Any]:
+    """Start ``n`` subprocesses that ignore SIGTERM and sleep ``seconds``; wait for them.
+
+    ``new_session`` puts them in their own session (as pexpect does for
+    unicon's ssh), out of the child's process group.
+    """
+    import subprocess
+    import sys
+
+    with _SoftLimit(obey_soft):
+        _record(pidfile, "task", os.getpid())
+        procs = [subprocess.Popen([sys.executable, "-c", _IGNORES_TERM.format(seconds=seconds)],
+                                  stdin=subprocess.DEVNULL, start_new_session=new_session)
+                 for _ in range(n)]
+        try:
+            for proc in procs:
+                _record(pidfile, "child", proc.pid)
+            log.info("started %d sleepers: %s", n, [p.pid for p in procs])
+            codes = [proc.wait() for proc in procs]
+        finally:
+            for proc in procs:  # a soft interrupt: don't leave them behind
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    return {"pids": [p.pid for p in procs], "codes": codes, **_where()}
+
+
+def _square_after(i: int, seconds: float, pidfile: str | None, role: str) -> tuple[int, int]:
+    """One item of a pool or pcall: sleep, then ``(i * i, pid)``."""
+    if role:
+        _record(pidfile, role, os.getpid())
+    time.sleep(seconds)
+    return i * i, os.getpid()
+
+
+@shared_task(name="tasks.diag.pool_children")
+def pool_children(n: int = 4, seconds: float = 3600.0, pidfile: str | None = None,
+                  obey_soft: bool = False) -> dict[str, Any]:
+    """Map ``n`` items over a ``multiprocessing.Pool(n)``, each sleeping ``seconds``."""
+    import multiprocessing
+
+    with _SoftLimit(obey_soft):
+        _record(pidfile, "task", os.getpid())
+        with multiprocessing.Pool(n) as pool:
+            workers = [p.pid for p in multiprocessing.active_children() if p.pid]
+            for pid in workers:
+                _record(pidfile, "child", pid)
+            out = pool.starmap(_square_after, [(i, seconds, None, "") for i in range(n)],
+                               chunksize=1)
+    return {"results": [r for r, _ in out], "item_pids": [p for _, p in out],
+            "pids": workers, **_where()}
+
+
+@shared_task(name="tasks.diag.pcall_children")
+def pcall_children(n: int = 4, seconds: float = 3600.0, pidfile: str | None = None,
+                   obey_soft: bool = False) -> dict[str, Any]:
+    """Run ``n`` items through pyATS's pcall (one forked child each), each sleeping ``seconds``."""
+    from pyats.async_ import pcall
+
+    with _SoftLimit(obey_soft):
+        _record(pidfile, "task", os.getpid())
+        out = pcall(_square_after, ckwargs={"seconds": seconds, "pidfile": pidfile,
+                                             "role": "child"},
+                    ikwargs=[{"i": i} for i in range(n)])
+    return {"results": [r for r, _ in out], "pids": [p for _, p in out], **_where()}

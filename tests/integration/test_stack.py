@@ -17,7 +17,8 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from conftest import need
 from labq.app import LabqCelery
-from labq.stack import Stack
+from labq.processes import spawn, stop_tree
+from labq.stack import Stack, child_env, node_name
 
 LABQ = str(Path(sys.executable).with_name("labq"))
 
@@ -137,3 +138,32 @@ def test_labq_config_masks_secrets_and_names_bad_values() -> None:
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2
     assert "LABQ_CONCURRENCY='lots'" in bad.stderr
+
+
+def test_labq_worker_serves_one_lab_segment(stack: Stack, app: LabqCelery,
+                                            tmp_path: Path) -> None:
+    env = {**child_env(stack.settings), "LABQ_SHUTDOWN_TIMEOUT": "5"}
+    proc = spawn([LABQ, "worker", "--queues", "seg-z", "--name", "seg-z", "--concurrency", "1"],
+                 log_path=tmp_path / "seg-z.log", env=env)
+    try:
+        node = node_name("seg-z")
+        deadline = time.monotonic() + 60
+        while not app.control.ping(destination=[node], timeout=0.5):
+            assert proc.poll() is None, (tmp_path / "seg-z.log").read_text()
+            assert time.monotonic() < deadline, "labq worker did not come up"
+        queues = app.control.inspect(destination=[node], timeout=2).active_queues()
+        assert {q["name"] for q in queues[node]} == {"seg-z", stack.settings.default_queue}
+        res = app.send_task("tasks.diag.echo", kwargs={"value": "z"}, queue="seg-z")
+        assert res.get(timeout=30) == "z" and res.worker == node
+    finally:
+        stop_tree(proc, timeout=15)
+    assert proc.returncode is not None
+
+
+def test_celery_worker_with_a_threads_pool_is_refused(stack: Stack) -> None:
+    out = subprocess.run([sys.executable, "-m", "celery", "-A", "tasks", "worker",
+                          "--pool", "threads", "-c", "1"],
+                         env=child_env(stack.settings), capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode != 0
+    assert "threads" in out.stderr and "prefork" in out.stderr

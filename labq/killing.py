@@ -1,0 +1,213 @@
+"""A hard kill takes the prefork child and every process it started.
+
+billiard's hard time limit signals only the child's PID, so processes the
+task started (``subprocess``, ``multiprocessing``, pyATS pcall, unicon's ssh)
+outlive it as orphans (billiard #204). labq closes that hole in two places:
+
+- In each prefork child, at ``worker_process_init`` (:func:`init_child`):
+  the child becomes the leader of its own process group, so everything it
+  forks shares a group whose id is the child's PID; and it stops calling
+  itself daemonic, so ``multiprocessing`` and pcall may start processes in
+  a task (celery#1709).
+- In the worker's main process, :class:`KillingRequest` (the ``Request`` of
+  every labq task) SIGKILLs the group, plus any descendant that left it
+  (pexpect, as unicon uses, calls ``setsid``), when the hard limit fires or
+  a revoke terminates with SIGKILL. When the child died any other way, it
+  sweeps what is left of the group.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+from typing import Any
+
+import psutil
+from billiard.exceptions import Terminated, WorkerLostError
+from celery.exceptions import TimeLimitExceeded
+from celery.signals import worker_process_init
+from celery.worker.request import Request
+
+log = logging.getLogger(__name__)
+
+#: Signals a revoke may terminate with that end the child; their senders
+#: expect the task's processes to go with it. SIGUSR1 (the soft interrupt)
+#: is not one: it must reach the child alone.
+FATAL_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+                           signal.SIGABRT})
+
+
+# -- in the prefork child ----------------------------------------------------
+
+def init_child(**_: Any) -> None:
+    """Make this prefork child a group leader that may have children."""
+    try:
+        # Our own group: one killpg reaches all we fork, and nothing else.
+        os.setpgid(0, 0)
+    except OSError as exc:  # the main process then kills the tree through psutil
+        log.warning("prefork child %d could not lead its own process group: %s",
+                    os.getpid(), exc)
+    # billiard's current process is also multiprocessing's; without this,
+    # Process.start() refuses: "daemonic processes are not allowed to have
+    # children". Only the child's own view changes; the pool still treats it
+    # as a daemon.
+    from billiard.process import current_process as billiard_current
+
+    procs: tuple[Any, ...] = (billiard_current(), multiprocessing.current_process())
+    for proc in procs:
+        proc._config["daemon"] = False
+
+
+def install() -> None:
+    """Run :func:`init_child` in every prefork child; idempotent.
+
+    Connected in the worker's main process before the pool forks, so every
+    child (and every replacement child) inherits the receiver.
+    """
+    worker_process_init.connect(init_child, dispatch_uid="labq.killing.init_child", weak=False)
+
+
+# -- in the worker's main process --------------------------------------------
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+def _sigkill(procs: list[psutil.Process]) -> None:
+    for proc in procs:
+        try:
+            proc.kill()  # psutil refuses a PID that was reused since the snapshot
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+def kill_child_tree(pid: int | None) -> list[int]:
+    """SIGKILL the prefork child ``pid``, its process group and its descendants.
+
+    Returns the PIDs of the descendants found. The snapshot comes first:
+    once the child is dead, those that left the group are reparented and no
+    longer found through it.
+    """
+    if not pid or pid == os.getpid():
+        return []
+    victims = _descendants(pid)
+    if _leads_group(pid):
+        # Never our own group: a child that is not a leader is skipped here.
+        _killpg(pid)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    _sigkill(victims)
+    return [p.pid for p in victims]
+
+
+def sweep_group(pid: int | None, extra: list[psutil.Process] | None = None) -> None:
+    """SIGKILL what is left of dead child ``pid``'s group (and ``extra``).
+
+    While a group has members the kernel does not hand its id out as a new
+    PID, so a living process with PID ``pid`` means a reused number and an
+    empty group: it is left alone.
+    """
+    if extra:
+        _sigkill(extra)
+    if not pid or pid == os.getpid():
+        return
+    try:
+        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return
+    except psutil.NoSuchProcess:
+        pass
+    _killpg(pid)
+
+
+def _in_group(proc: psutil.Process, pgid: int) -> bool:
+    try:
+        return os.getpgid(proc.pid) == pgid
+    except OSError:
+        return False
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+_SIGKILL = signal.SIGKILL
+#: billiard's soft time limit signal; labq's cancel interrupts with it too.
+_SOFT_SIGNAL = signal.SIGUSR1
+
+
+class KillingRequest(Request):  # type: ignore[misc]
+    """The main process's view of a labq task: its kills take the whole tree.
+
+    Set as ``Request`` on :class:`labq.task_base.LabqTask`; subclasses (such
+    as :class:`labq.device_task.DeviceRequest`) call ``super()`` first.
+    """
+
+    _labq_killed: bool = False
+    _labq_doomed: list[psutil.Process] | None = None
+
+    def _kill_tree(self, why: str) -> None:
+        if self._labq_killed or not self.worker_pid:
+            return
+        self._labq_killed = True
+        found = kill_child_tree(self.worker_pid)
+        log.warning("%s: killed task %s in child %s with its processes %s",
+                    why, self.id, self.worker_pid, found)
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True,
+                   return_ok: bool = False) -> None:
+        exc = getattr(exc_info, "exception", None)
+        exc = getattr(exc, "exc", exc)  # unwrap ExceptionWithTraceback
+        if isinstance(exc, TimeLimitExceeded):
+            # billiard reports the hard limit here before on_timeout and before
+            # it signals the child: kill first, so no outcome precedes the kill.
+            self._kill_tree("hard time limit")
+        elif isinstance(exc, (Terminated, WorkerLostError)):
+            # The child is gone (a revoke, OOM, a crash): leave no orphan behind.
+            sweep_group(self.worker_pid, self._labq_doomed)
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        if not soft:
+            self._kill_tree("hard time limit")
+        super().on_timeout(soft, timeout)
+
+    def terminate(self, pool: Any, signal: Any = None) -> None:
+        from celery.platforms import signals
+
+        signum = signals.signum(signal or "SIGTERM")
+        if self.time_start and self.worker_pid:
+            if signum == _SOFT_SIGNAL:
+                # An interrupt, not an end: Celery would mark the task revoked
+                # and forget it, so a later SIGKILL revoke (Run.cancel's grace
+                # escalation) found nothing. Signal the child only; the task
+                # reports its own end, or stays active for the kill.
+                try:
+                    os.kill(self.worker_pid, signum)
+                except OSError:
+                    pass
+                return
+            if signum == _SIGKILL:  # the parameter's name hides the signal module
+                self._kill_tree("revoke with SIGKILL")
+            elif signum in FATAL_SIGNALS:
+                # The child dies on its own; remember its escaped descendants now,
+                # while they are still its descendants, for the sweep in on_failure.
+                self._labq_doomed = [p for p in _descendants(self.worker_pid)
+                                     if not _in_group(p, self.worker_pid)]
+        super().terminate(pool, signal)

@@ -1,0 +1,193 @@
+"""A hard kill takes the prefork child and every process it started (labq.killing).
+
+The diag tasks record their own PID and those of the processes they start
+in a pidfile; after the limit or the revoke, the process table must hold
+none of them (zombies count as dead) and the worker must keep serving.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import labq
+from conftest import need
+from labq.app import LabqCelery
+from tasks import diag
+
+LIMITS: dict[str, Any] = {"soft_time_limit": 1, "time_limit": 2}
+#: How long after the outcome a killed process may still be in the table.
+GRACE = 1.0
+HAS_PYATS = importlib.util.find_spec("pyats") is not None
+
+
+def recorded(pidfile: Path) -> dict[str, list[int]]:
+    """``{"task": [pid], "child": [pid, ...]}`` from a diag task's pidfile."""
+    roles: dict[str, list[int]] = {}
+    if pidfile.exists():
+        for line in pidfile.read_text().splitlines():
+            role, pid = line.split()
+            roles.setdefault(role, []).append(int(pid))
+    return roles
+
+
+def wait_recorded(pidfile: Path, children: int, timeout: float = 30.0) -> dict[str, list[int]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        roles = recorded(pidfile)
+        if len(roles.get("child", [])) >= children and roles.get("task"):
+            return roles
+        if time.monotonic() > deadline:
+            pytest.fail(f"the task recorded only {roles} in {timeout} s")
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def still_alive(pids: list[int], timeout: float = GRACE) -> list[int]:
+    """The PIDs still alive after up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in pids if alive(p)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.02)
+
+
+def kill_leftovers(pids: list[int]) -> None:
+    # A failed test must not leak sleepers into the rest of the session.
+    for pid in pids:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+
+
+def assert_worker_serves(app: LabqCelery, worker: str | None) -> None:
+    """An echo to the queue of the worker that ran the killed task comes back."""
+    assert worker, "the outcome names no worker"
+    res = app.send_task("tasks.diag.echo", kwargs={"value": "still here"},
+                        queue=worker.split("@")[0])
+    assert res.get(timeout=30) == "still here"
+
+
+# Each starts processes that only a kill of the whole tree ends, and ignores
+# the soft limit, so the hard limit is what stops it.
+HARD_CASES = [
+    pytest.param(diag.spawn_sleepers, {"n": 2}, 2, id="subprocess-ignoring-sigterm"),
+    pytest.param(diag.spawn_sleepers, {"n": 2, "new_session": True}, 2,
+                 id="subprocess-in-own-session"),
+    pytest.param(diag.pool_children, {"n": 4}, 4, id="multiprocessing-pool-4"),
+    pytest.param(diag.pcall_children, {"n": 4}, 4, id="pyats-pcall-4"),
+]
+
+
+@pytest.mark.parametrize(("task", "kwargs", "children"), HARD_CASES)
+def test_hard_limit_kills_the_child_and_all_it_started(
+        app: LabqCelery, tmp_path: Path, task: Any, kwargs: dict[str, Any], children: int,
+) -> None:
+    if task is diag.pcall_children:
+        need(HAS_PYATS, "pyATS is not installed (pip install labq[pyats])")
+    pidfile = tmp_path / "pids"
+    with labq.Run("hard-kill", app=app, progress=False) as run:
+        run.submit(task, pidfile=str(pidfile), **kwargs, **LIMITS)
+    outcome = run.outcomes[0]
+    roles = recorded(pidfile)
+    pids = roles.get("task", []) + roles.get("child", [])
+    try:
+        assert outcome.status is labq.Status.HARD_TIMEOUT, outcome
+        assert len(roles.get("child", [])) == children, roles
+        assert still_alive(pids) == []
+    finally:
+        kill_leftovers(pids)
+    assert_worker_serves(app, outcome.worker)
+
+
+def test_a_child_leads_its_own_process_group(app: LabqCelery, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    with labq.Run("groups", app=app, progress=False) as run:
+        task_id = run.submit(diag.spawn_sleepers, n=2, seconds=5, pidfile=str(pidfile))
+        roles = wait_recorded(pidfile, 2)
+        try:
+            (child,) = roles["task"]
+            assert os.getpgid(child) == child
+            assert {os.getpgid(p) for p in roles["child"]} == {child}
+        finally:
+            app.control.revoke(task_id, terminate=True, signal="SIGKILL")
+    assert still_alive(roles["task"] + roles["child"]) == []
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_a_terminating_revoke_takes_the_whole_tree(
+        app: LabqCelery, tmp_path: Path, sig: str) -> None:
+    pidfile = tmp_path / "pids"
+    with labq.Run("revoke", app=app, progress=False) as run:
+        task_id = run.submit(diag.pool_children, n=4, pidfile=str(pidfile),
+                             soft_time_limit=60, time_limit=120)
+        roles = wait_recorded(pidfile, 4)
+        app.control.revoke(task_id, terminate=True, signal=sig)
+    pids = roles["task"] + roles["child"]
+    try:
+        assert run.outcomes[0].status is labq.Status.CANCELLED, run.outcomes[0]
+        assert still_alive(pids) == []
+    finally:
+        kill_leftovers(pids)
+    assert_worker_serves(app, run.outcomes[0].worker)
+
+
+def test_cancel_kills_a_task_that_ignores_the_interrupt(app: LabqCelery, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    run = labq.Run("cancel", app=app, progress=False)
+    try:
+        run.submit(diag.spawn_sleepers, n=2, pidfile=str(pidfile), soft_time_limit=60,
+                   time_limit=120)
+        roles = wait_recorded(pidfile, 2)
+        while run.outcomes[0].status is not labq.Status.RUNNING:
+            run.refresh()
+            time.sleep(0.05)
+        run.cancel(grace=0.5)
+    finally:
+        run.close()
+    pids = roles["task"] + roles["child"]
+    try:
+        assert still_alive(pids) == []
+    finally:
+        kill_leftovers(pids)
+
+
+@pytest.mark.parametrize(("task", "n"), [
+    pytest.param(diag.pool_children, 4, id="multiprocessing-pool"),
+    pytest.param(diag.pcall_children, 4, id="pyats-pcall"),
+])
+def test_a_task_may_start_processes_that_return_results(
+        app: LabqCelery, tmp_path: Path, task: Any, n: int) -> None:
+    if task is diag.pcall_children:
+        need(HAS_PYATS, "pyATS is not installed (pip install labq[pyats])")
+    pidfile = tmp_path / "pids"
+    with labq.Run("processes", app=app, progress=False) as run:
+        run.submit(task, n=n, seconds=0.2, pidfile=str(pidfile))
+    outcome = run.outcomes[0]
+    assert outcome.status is labq.Status.SUCCEEDED, outcome.error
+    assert outcome.value["results"] == [i * i for i in range(n)]
+    roles = recorded(pidfile)
+    assert len(set(roles["child"])) == n and roles["task"][0] not in roles["child"]
+    assert still_alive(roles["child"]) == []
+
+
+def test_a_task_may_run_subprocesses_to_completion(app: LabqCelery) -> None:
+    with labq.Run("subprocesses", app=app, progress=False) as run:
+        run.submit(diag.spawn_sleepers, n=2, seconds=0.1)
+    outcome = run.outcomes[0]
+    assert outcome.status is labq.Status.SUCCEEDED, outcome.error
+    assert outcome.value["codes"] == [0, 0]
