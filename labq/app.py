@@ -65,9 +65,8 @@ def preload_for_fork() -> None:
 
 def check_pool(pool: object) -> None:
     """Raise :class:`ConfigError` unless ``pool`` names the prefork pool."""
-    from celery.concurrency.prefork import TaskPool
-
     from celery.concurrency import ALIASES
+    from celery.concurrency.prefork import TaskPool
 
     if pool is TaskPool or pool in ALLOWED_POOLS:
         return
