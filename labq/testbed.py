@@ -207,11 +207,11 @@ def as_testbed(testbed: Testbed | Path | str | Any) -> Testbed:
 
 def _plain(value: Any) -> Any:
     """pyATS objects as plain YAML-like data (AttrDicts, SecretStrings, IP objects)."""
+    if type(value).__name__ == "SecretString":  # pyATS: str() would be masked
+        return str(value.plaintext)
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
-    if hasattr(value, "plaintext"):  # pyATS SecretString: str() would be masked
-        return str(value.plaintext)
-    if isinstance(value, Mapping):
+    if isinstance(value, Mapping) or callable(getattr(value, "items", None)):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]

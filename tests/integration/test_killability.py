@@ -82,26 +82,32 @@ def assert_worker_serves(app: LabqCelery, worker: str | None) -> None:
     assert res.get(timeout=30) == "still here"
 
 
+#: A pcall child needs about a second before it runs the function (pyATS
+#: resolves the path of every loaded module in each child), more on a busy
+#: host: its limits leave room for all four to start.
+PCALL_LIMITS: dict[str, Any] = {"soft_time_limit": 2, "time_limit": 6}
+
 # Each starts processes that only a kill of the whole tree ends, and ignores
 # the soft limit, so the hard limit is what stops it.
 HARD_CASES = [
-    pytest.param(diag.spawn_sleepers, {"n": 2}, 2, id="subprocess-ignoring-sigterm"),
-    pytest.param(diag.spawn_sleepers, {"n": 2, "new_session": True}, 2,
+    pytest.param(diag.spawn_sleepers, {"n": 2}, 2, LIMITS, id="subprocess-ignoring-sigterm"),
+    pytest.param(diag.spawn_sleepers, {"n": 2, "new_session": True}, 2, LIMITS,
                  id="subprocess-in-own-session"),
-    pytest.param(diag.pool_children, {"n": 4}, 4, id="multiprocessing-pool-4"),
-    pytest.param(diag.pcall_children, {"n": 4}, 4, id="pyats-pcall-4"),
+    pytest.param(diag.pool_children, {"n": 4}, 4, LIMITS, id="multiprocessing-pool-4"),
+    pytest.param(diag.pcall_children, {"n": 4}, 4, PCALL_LIMITS, id="pyats-pcall-4"),
 ]
 
 
-@pytest.mark.parametrize(("task", "kwargs", "children"), HARD_CASES)
+@pytest.mark.parametrize(("task", "kwargs", "children", "limits"), HARD_CASES)
 def test_hard_limit_kills_the_child_and_all_it_started(
         app: LabqCelery, tmp_path: Path, task: Any, kwargs: dict[str, Any], children: int,
+        limits: dict[str, Any],
 ) -> None:
     if task is diag.pcall_children:
         need(HAS_PYATS, "pyATS is not installed (pip install labq[pyats])")
     pidfile = tmp_path / "pids"
     with labq.Run("hard-kill", app=app, progress=False) as run:
-        run.submit(task, pidfile=str(pidfile), **kwargs, **LIMITS)
+        run.submit(task, pidfile=str(pidfile), **kwargs, **limits)
     outcome = run.outcomes[0]
     roles = recorded(pidfile)
     pids = roles.get("task", []) + roles.get("child", [])
@@ -146,6 +152,14 @@ def test_a_terminating_revoke_takes_the_whole_tree(
     assert_worker_serves(app, run.outcomes[0].worker)
 
 
+def wait_running(run: labq.Run, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while run.outcomes[0].status is not labq.Status.RUNNING:
+        assert time.monotonic() < deadline, run.outcomes[0]
+        run.refresh()
+        time.sleep(0.05)
+
+
 def test_cancel_kills_a_task_that_ignores_the_interrupt(app: LabqCelery, tmp_path: Path) -> None:
     pidfile = tmp_path / "pids"
     run = labq.Run("cancel", app=app, progress=False)
@@ -153,14 +167,13 @@ def test_cancel_kills_a_task_that_ignores_the_interrupt(app: LabqCelery, tmp_pat
         run.submit(diag.spawn_sleepers, n=2, pidfile=str(pidfile), soft_time_limit=60,
                    time_limit=120)
         roles = wait_recorded(pidfile, 2)
-        while run.outcomes[0].status is not labq.Status.RUNNING:
-            run.refresh()
-            time.sleep(0.05)
-        run.cancel(grace=0.5)
+        wait_running(run)
+        outcomes = run.cancel(grace=0.5)
     finally:
         run.close()
     pids = roles["task"] + roles["child"]
     try:
+        assert outcomes[0].status is labq.Status.CANCELLED
         assert still_alive(pids) == []
     finally:
         kill_leftovers(pids)
@@ -191,3 +204,28 @@ def test_a_task_may_run_subprocesses_to_completion(app: LabqCelery) -> None:
     outcome = run.outcomes[0]
     assert outcome.status is labq.Status.SUCCEEDED, outcome.error
     assert outcome.value["codes"] == [0, 0]
+
+
+def test_cancel_interrupts_a_task_that_obeys_without_a_kill(
+        app: LabqCelery, tmp_path: Path) -> None:
+    # The interrupt must leave the task active: it ends on its own, cleaning up.
+    pidfile = tmp_path / "pids"
+    run = labq.Run("interrupt", app=app, progress=False)
+    try:
+        run.submit(diag.spawn_sleepers, n=2, pidfile=str(pidfile), obey_soft=True,
+                   soft_time_limit=60, time_limit=120)
+        roles = wait_recorded(pidfile, 2)
+        wait_running(run)
+        started = time.monotonic()
+        outcomes = run.cancel(grace=20)
+        elapsed = time.monotonic() - started
+    finally:
+        run.close()
+    try:
+        assert outcomes[0].status is labq.Status.CANCELLED
+        assert outcomes[0].error is not None and outcomes[0].error.type == "TaskCancelled"
+        assert elapsed < 10, "the cancel waited for the grace period: the interrupt was lost"
+        assert still_alive(roles["child"]) == []
+        assert alive(roles["task"][0]), "the prefork child was killed, not interrupted"
+    finally:
+        kill_leftovers(roles["child"])

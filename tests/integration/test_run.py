@@ -232,3 +232,26 @@ def test_report_has_one_lane_per_slot_and_one_bar_per_task(app: LabqCelery,
     assert "for the report" in text
     # Self-contained: no scripts, stylesheets or images fetched from anywhere.
     assert "<script" not in text and "src=" not in text and "<link" not in text
+
+
+def test_second_ctrl_c_kills_at_once_without_waiting_for_the_grace(stack: Stack,
+                                                                   tmp_path: Path) -> None:
+    path = tmp_path / "stubborn.py"
+    path.write_text(SCRIPT.format(n=4, task="stubborn", seconds=120).replace("grace=2", "grace=60"))
+    env = {**child_env(stack.settings), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    run_id = proc.stdout.readline().split()[1]
+    client = redis.Redis.from_url(stack.settings.broker_url)
+    deadline = time.monotonic() + 30
+    while client.hlen(f"labq:run:{run_id}:started") < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    first = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert time.monotonic() - first < 15  # far below the 60 s grace
+    statuses = json.loads(out.split("OUTCOMES", 1)[1])
+    assert statuses == ["cancelled"] * 4

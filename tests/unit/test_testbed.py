@@ -265,3 +265,16 @@ def test_from_pyats_validates_like_a_file() -> None:
         from_pyats(pyats_testbed(sim={"jitter": 1}))
     assert str(info.value).startswith("pyATS testbed 'pyats-lab': device 'r1': "
                                       "custom.labq.sim.jitter: unknown sim knob")
+
+
+def test_a_real_pyats_testbed_object_is_accepted(tmp_path: Path) -> None:
+    loader = pytest.importorskip("pyats.topology.loader",
+                                 reason="the pyats extra is not installed")
+    from labq.sim.testbeds import make_testbed
+    from labq.testbed import from_pyats
+
+    path = make_testbed(tmp_path, 2, queues=["lab-a", "lab-b"])
+    tb = from_pyats(loader.load(str(path)))
+    assert sorted(tb.devices) == ["r1", "r2"]
+    assert tb.device("r2").queue == "lab-b"
+    assert tb.device("r1").connection.port == load_testbed(path).device("r1").connection.port
