@@ -13,7 +13,9 @@ outlive it as orphans (billiard #204). labq closes that hole in two places:
   every labq task) SIGKILLs the group, plus any descendant that left it
   (pexpect, as unicon uses, calls ``setsid``), when the hard limit fires or
   a revoke terminates with SIGKILL. When the child died any other way, it
-  sweeps what is left of the group.
+  sweeps what is left of the group. A revoke with SIGUSR1 (the cancel's
+  interrupt) only signals the child and leaves the task active, so the
+  SIGKILL revoke that follows a grace period still finds it.
 """
 
 from __future__ import annotations
@@ -130,7 +132,8 @@ def sweep_group(pid: int | None, extra: list[psutil.Process] | None = None) -> N
             return
     except psutil.NoSuchProcess:
         pass
-    _killpg(pid)
+    if _killpg(pid):
+        log.warning("killed what child %s left behind in its process group", pid)
 
 
 def _in_group(proc: psutil.Process, pgid: int) -> bool:
@@ -140,11 +143,13 @@ def _in_group(proc: psutil.Process, pgid: int) -> bool:
         return False
 
 
-def _killpg(pgid: int) -> None:
+def _killpg(pgid: int) -> bool:
+    """SIGKILL group ``pgid``; true when it had a member to signal."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except OSError:
-        pass
+        return False
+    return True
 
 
 _SIGKILL = signal.SIGKILL
