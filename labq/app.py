@@ -115,7 +115,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": settings.broker_url,
         "result_backend": settings.backend_url,
         "broker_transport_options": transport,
-        "result_backend_transport_options": transport,
+        "redis_backend_health_check_interval": 10,
+        "redis_socket_keepalive": True,
         "broker_connection_retry_on_startup": True,
         # JSON only: pickle from the broker would run code on the workers.
         "task_serializer": "json",

@@ -80,3 +80,13 @@ def test_every_error_derives_from_the_root() -> None:
     classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
     assert all(issubclass(c, labq.LabqError) for c in classes)
     assert all(c.__doc__ for c in classes)
+
+
+def test_every_celery_default_is_explained_in_the_docs() -> None:
+    from pathlib import Path
+
+    from labq.app import celery_config
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "celery-defaults.md").read_text()
+    missing = [key for key in celery_config(settings()) if f"`{key}`" not in doc]
+    assert missing == []
