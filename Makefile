@@ -31,5 +31,8 @@ integration: $(STAMP)
 browser: $(STAMP)
 	$(VENV)/bin/pytest -m browser
 
+bench: $(STAMP)
+	$(PY) -m bench
+
 clean:
 	rm -rf $(VENV) .labq .pytest_cache .mypy_cache .ruff_cache

@@ -297,6 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fanout.json" if not args.latency else f"fanout-latency{args.latency:g}.json")
     command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
     facts = machine()
+    load_start = os.getloadavg()
+    if load_start[0] > facts["nproc"] / 2:
+        print(f"warning: load average {load_start[0]:.1f} on {facts['nproc']} CPUs before the run: "
+              "other processes compete for the CPU and the figures will be noisy", flush=True)
     print(f"fan-out: N={n} devices, C={c}, latency={args.latency:g} s, rounds={args.rounds}; "
           f"nproc={facts['nproc']}, memory={facts['memory_total_gib']} GiB", flush=True)
 
@@ -365,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "meets_target": statistics.median(ratios) <= 1.10,
         },
         "elapsed": time.perf_counter() - started,
+        "loadavg": {"start": list(load_start), "end": list(os.getloadavg())},
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")

@@ -11,6 +11,9 @@ from typing import Any
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from labq.device_task import device_task
+from labq.drivers import Session
+
 log = logging.getLogger(__name__)
 
 
@@ -176,3 +179,19 @@ def pcall_children(n: int = 4, seconds: float = 3600.0, pidfile: str | None = No
                                              "role": "child"},
                     ikwargs=[{"i": i} for i in range(n)])
     return {"results": [r for r, _ in out], "pids": [p for _, p in out], **_where()}
+
+
+@device_task(name="tasks.diag.hold_device")
+def hold_device(session: Session, seconds: float = 3600.0) -> dict[str, Any]:
+    """Open a device session and keep it, ignoring the soft limit: only the
+    hard limit ends it, which is what it is for (the lease and the session
+    must still be freed at once)."""
+    session.execute("show version")
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            time.sleep(0.1)
+        except SoftTimeLimitExceeded:
+            log.warning("%s: ignoring the soft time limit", session.device.name)
+    return _where()
+

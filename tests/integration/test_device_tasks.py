@@ -179,3 +179,26 @@ def test_no_secret_reaches_redis_flower_or_logs(app: LabqCelery, stack: Stack) -
     assert LAB_PASSWORD not in stack.flower_get("/api/tasks")
     for log in stack.log_dir.glob("*.log"):
         assert LAB_PASSWORD not in log.read_text(errors="replace"), log
+
+
+def test_a_hard_kill_frees_the_lease_and_the_session_at_once(app: LabqCelery,
+                                                             stack: Stack) -> None:
+    from labq.lease import Leases
+    from tasks import diag
+
+    assert stack.sim is not None
+    leases = Leases(redis.Redis.from_url(stack.settings.broker_url))
+    with run(app, "kill") as r:
+        task_id = r.submit(diag.hold_device, device="l5", soft_time_limit=1, time_limit=2.5)
+        deadline = time.monotonic() + 20
+        while not leases.holders("l5") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [h.holder for h in leases.holders("l5")] == [task_id]
+    (outcome,) = r.outcomes
+    assert outcome.status is labq.Status.HARD_TIMEOUT
+    deadline = time.monotonic() + 1.0
+    while (leases.holders("l5") or stack.sim.state("l5")["sessions"]) and (
+            time.monotonic() < deadline):
+        time.sleep(0.05)
+    assert leases.holders("l5") == []  # released by the worker's main process, not the TTL
+    assert stack.sim.state("l5")["sessions"] == 0
