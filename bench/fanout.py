@@ -189,12 +189,25 @@ def service_cpu(stack: Any, sim: Any) -> dict[str, float]:
             "redis": tree_cpu(redis_proc.pid if redis_proc else None), "sim": tree_cpu(sim.pid)}
 
 
+def busy_cpu() -> tuple[float, float]:
+    """(CPU seconds all CPUs spent busy, seconds stolen by the hypervisor) since boot."""
+    t = psutil.cpu_times()
+    steal = float(getattr(t, "steal", 0.0))
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - steal, steal
+
+
 def measured(fn: Any, stack: Any, sim: Any) -> dict[str, Any]:
+    """Run ``fn`` and add the CPU each long-lived process used meanwhile, and
+    ``other``: the busy CPU of the whole host that none of this bench's processes used."""
     before = service_cpu(stack, sim)
+    busy0, steal0 = busy_cpu()
     result: dict[str, Any] = fn()
+    busy1, steal1 = busy_cpu()
     after = service_cpu(stack, sim)
     for key, value in after.items():
         result["cpu"][key] = value - before[key]
+    result["cpu"]["other"] = max(0.0, (busy1 - busy0) - sum(result["cpu"].values()))
+    result["cpu"]["steal"] = steal1 - steal0
     return result
 
 
@@ -227,9 +240,7 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    import celery
-    import netmiko
-    import paramiko
+    from importlib.metadata import version
 
     return {
         "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -239,9 +250,8 @@ def machine() -> dict[str, Any]:
         "memory_total_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "celery": celery.__version__,
-        "netmiko": netmiko.__version__,
-        "paramiko": paramiko.__version__,
+        **{pkg: version(pkg) for pkg in ("celery", "kombu", "redis", "netmiko", "paramiko",
+                                         "asyncssh")},
     }
 
 
@@ -295,12 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     n, c = args.devices, args.concurrency
     output = args.output or RESULTS_DIR / (
         "fanout.json" if not args.latency else f"fanout-latency{args.latency:g}.json")
-    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+    python = getattr(sys, "orig_argv", [sys.executable])[0]
+    command = shlex.join([python, "-m", "bench.fanout", *(sys.argv[1:] if argv is None else argv)])
     facts = machine()
     load_start = os.getloadavg()
-    if load_start[0] > facts["nproc"] / 2:
-        print(f"warning: load average {load_start[0]:.1f} on {facts['nproc']} CPUs before the run: "
-              "other processes compete for the CPU and the figures will be noisy", flush=True)
     print(f"fan-out: N={n} devices, C={c}, latency={args.latency:g} s, rounds={args.rounds}; "
           f"nproc={facts['nproc']}, memory={facts['memory_total_gib']} GiB", flush=True)
 
@@ -390,6 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu_b = _mean_cpu(rounds, "B")
     print("CPU s per round, A: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu_a.items()))
     print("CPU s per round, B: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu_b.items()))
+    other = max(cpu_a["other"], cpu_b["other"])
+    if other > 0.1 * (sum(cpu_a.values()) - cpu_a["other"]):
+        print(f"warning: other processes on this host used up to {other:.1f} CPU s per measured run; "
+              "the figures are noisy (see cpu.other in the JSON)")
     print(f"wrote {_display(output)} in {result['elapsed']:.0f} s; reproduce with: {command}")
     return 0
 

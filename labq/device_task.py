@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
-from billiard.exceptions import WorkerLostError
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -93,17 +92,9 @@ def release_leases_of(app: Any, task_id: str) -> list[str]:
 class DeviceRequest(KillingRequest):
     """The worker main process's view of a device task: frees leases on a kill."""
 
-    def on_timeout(self, soft: bool, timeout: float) -> None:
-        super().on_timeout(soft, timeout)
-        if not soft:
-            released = release_leases_of(self.task.app, self.id)
-            log.warning("hard time limit: task %s killed, released %s", self.id, released)
-
-    def on_failure(self, exc_info: Any, send_failed_event: bool = True,
-                   return_ok: bool = False) -> None:
-        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
-        if isinstance(getattr(exc_info, "exception", None), WorkerLostError):
-            release_leases_of(self.task.app, self.id)
+    def on_killed(self) -> None:
+        released = release_leases_of(self.task.app, self.id)
+        log.warning("task %s was killed; released the leases on %s", self.id, released)
 
 
 class DeviceTask(LabqTask):

@@ -174,6 +174,11 @@ class KillingRequest(Request):  # type: ignore[misc]
         found = kill_child_tree(self.worker_pid)
         log.warning("%s: killed task %s in child %s with its processes %s",
                     why, self.id, self.worker_pid, found)
+        self.on_killed()
+
+    def on_killed(self) -> None:
+        """Called once the task's processes are dead or dying; subclasses free
+        what the task held (device leases). Must not raise."""
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True,
                    return_ok: bool = False) -> None:
@@ -186,6 +191,9 @@ class KillingRequest(Request):  # type: ignore[misc]
         elif isinstance(exc, (Terminated, WorkerLostError)):
             # The child is gone (a revoke, OOM, a crash): leave no orphan behind.
             sweep_group(self.worker_pid, self._labq_doomed)
+            if not self._labq_killed:
+                self._labq_killed = True
+                self.on_killed()
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
     def on_timeout(self, soft: bool, timeout: float) -> None:

@@ -16,6 +16,7 @@ import pytest
 import redis
 
 import labq
+from conftest import FREE_DEVICES, SEGMENT_DEVICES
 from labq.app import LabqCelery, create_app
 from labq.processes import spawn, stop_tree
 from labq.stack import Stack, child_env, worker_argv
@@ -158,8 +159,10 @@ SCRIPT = textwrap.dedent("""
     settings = labq.Settings.load()
     try:
         with labq.Run("ctrl-c", settings=settings, progress=False, grace=2) as run:
-            for _ in range({n}):
-                run.submit(diag.{task}, seconds={seconds})
+            devices = {devices!r}
+            for i in range({n}):
+                extra = {{"device": devices[i]}} if devices else {{}}
+                run.submit(diag.{task}, seconds={seconds}, **extra)
             print("SUBMITTED", run.id, flush=True)
             run.wait()
     except KeyboardInterrupt:
@@ -167,10 +170,10 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _script(stack: Stack, tmp_path: Path, n: int, task: str, seconds: float
-            ) -> subprocess.Popen[str]:
+def _script(stack: Stack, tmp_path: Path, n: int, task: str, seconds: float,
+            devices: list[str] | None = None) -> subprocess.Popen[str]:
     path = tmp_path / "testscript.py"
-    path.write_text(SCRIPT.format(n=n, task=task, seconds=seconds))
+    path.write_text(SCRIPT.format(n=n, task=task, seconds=seconds, devices=devices or []))
     env = {**child_env(stack.settings), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
@@ -178,7 +181,11 @@ def _script(stack: Stack, tmp_path: Path, n: int, task: str, seconds: float
 
 def test_ctrl_c_stops_a_50_task_run_within_5_s(stack: Stack, app: LabqCelery,
                                                tmp_path: Path) -> None:
-    proc = _script(stack, tmp_path, 50, "sleep", 30)
+    # Device tasks that hold their session and ignore the interrupt: only the
+    # hard kill after the grace ends them.
+    devices = FREE_DEVICES + SEGMENT_DEVICES["lab-a"][5:] + SEGMENT_DEVICES["lab-b"][5:]
+    assert stack.sim is not None
+    proc = _script(stack, tmp_path, 50, "hold_device", 60, devices)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("SUBMITTED"), line
@@ -204,6 +211,11 @@ def test_ctrl_c_stops_a_50_task_run_within_5_s(stack: Stack, app: LabqCelery,
             break
         time.sleep(0.2)
     assert not running and not queued
+    # Every simulated device saw its session closed.
+    while time.monotonic() - sent < 5 and any(
+            stack.sim.state(d, events=False)["sessions"] for d in devices):
+        time.sleep(0.2)
+    assert [d for d in devices if stack.sim.state(d, events=False)["sessions"]] == []
 
 
 def test_live_logs_reach_the_testscript_before_the_task_ends(stack: Stack, tmp_path: Path) -> None:
@@ -237,7 +249,8 @@ def test_report_has_one_lane_per_slot_and_one_bar_per_task(app: LabqCelery,
 def test_second_ctrl_c_kills_at_once_without_waiting_for_the_grace(stack: Stack,
                                                                    tmp_path: Path) -> None:
     path = tmp_path / "stubborn.py"
-    path.write_text(SCRIPT.format(n=4, task="stubborn", seconds=120).replace("grace=2", "grace=60"))
+    path.write_text(SCRIPT.format(n=4, task="stubborn", seconds=120, devices=[])
+                    .replace("grace=2", "grace=60"))
     env = {**child_env(stack.settings), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
