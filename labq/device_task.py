@@ -30,7 +30,7 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from labq.drivers import open_session
-from labq.errors import SoftTimeout
+from labq.errors import SoftTimeout, TimeLimitError
 from labq.killing import KillingRequest
 from labq.lease import Grant, Leases, Renewer
 from labq.task_base import LabqTask
@@ -125,6 +125,10 @@ def device_task(
     With ``session=False`` the function gets the resolved
     :class:`~labq.testbed.Device` instead, and no lease or connection is taken.
     """
+
+    if soft_time_limit is not None and time_limit is not None and soft_time_limit >= time_limit:
+        raise TimeLimitError(f"@device_task: soft_time_limit={soft_time_limit!r} must be below "
+                             f"time_limit={time_limit!r}, or the soft limit never fires")
 
     def wrap(func: F) -> Any:
         task_name = name or f"{func.__module__}.{func.__name__}"

@@ -117,8 +117,10 @@ class Run:
         if self._cancelled:
             raise SubmitError(f"run {self.id!r} is cancelled; submit to a new run")
         name = self._task_name(task)
-        soft = soft_time_limit if soft_time_limit is not None else self.soft_time_limit
-        hard = time_limit if time_limit is not None else self.time_limit
+        # The call's limits, else the run's, else the task's own (decorator).
+        own = self.app.tasks[name]
+        soft = _first(soft_time_limit, self.soft_time_limit, own.soft_time_limit)
+        hard = _first(time_limit, self.time_limit, own.time_limit)
         check_limits(soft, hard, self.settings)
         _check_json(name, args, kwargs)
         task_id = str(uuid.uuid4())
@@ -313,6 +315,10 @@ class Run:
                 self.cancel()
         finally:
             self.close()
+
+
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
 
 
 def _check_json(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

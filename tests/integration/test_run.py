@@ -268,3 +268,14 @@ def test_second_ctrl_c_kills_at_once_without_waiting_for_the_grace(stack: Stack,
     assert time.monotonic() - first < 15  # far below the 60 s grace
     statuses = json.loads(out.split("OUTCOMES", 1)[1])
     assert statuses == ["cancelled"] * 4
+
+
+def test_a_tasks_own_limits_apply_and_are_checked(app: LabqCelery) -> None:
+    own = app.tasks["tasks.diag.sleep"]
+    own.soft_time_limit, own.time_limit = 50.0, 40.0  # as a broken decorator would set
+    try:
+        with labq.Run("own", app=app, progress=False) as run, pytest.raises(
+                labq.TimeLimitError, match="soft_time_limit=50.0.*time_limit=40.0"):
+            run.submit(diag.sleep, seconds=0)
+    finally:
+        own.soft_time_limit = own.time_limit = None

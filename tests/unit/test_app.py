@@ -90,3 +90,10 @@ def test_every_celery_default_is_explained_in_the_docs() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "celery-defaults.md").read_text()
     missing = [key for key in celery_config(settings()) if f"`{key}`" not in doc]
     assert missing == []
+
+
+def test_device_task_refuses_a_soft_limit_at_or_above_the_hard_one() -> None:
+    from labq import device_task
+
+    with pytest.raises(labq.TimeLimitError, match="soft_time_limit=45.*time_limit=45"):
+        device_task(soft_time_limit=45, time_limit=45)
