@@ -275,7 +275,7 @@ def test_a_tasks_own_limits_apply_and_are_checked(app: LabqCelery) -> None:
     own.soft_time_limit, own.time_limit = 50.0, 40.0  # as a broken decorator would set
     try:
         with labq.Run("own", app=app, progress=False) as run, pytest.raises(
-                labq.TimeLimitError, match="soft_time_limit=50.0.*time_limit=40.0"):
+                labq.TimeLimitError, match=r"soft_time_limit=50\.0.*time_limit=40\.0"):
             run.submit(diag.sleep, seconds=0)
     finally:
         own.soft_time_limit = own.time_limit = None

@@ -95,5 +95,5 @@ def test_every_celery_default_is_explained_in_the_docs() -> None:
 def test_device_task_refuses_a_soft_limit_at_or_above_the_hard_one() -> None:
     from labq import device_task
 
-    with pytest.raises(labq.TimeLimitError, match="soft_time_limit=45.*time_limit=45"):
+    with pytest.raises(labq.TimeLimitError, match=r"soft_time_limit=45.*time_limit=45"):
         device_task(soft_time_limit=45, time_limit=45)
