@@ -205,7 +205,7 @@ def measured(fn: Any, stack: Any, sim: Any) -> dict[str, Any]:
     busy1, steal1 = busy_cpu()
     after = service_cpu(stack, sim)
     for key, value in after.items():
-        result["cpu"][key] = value - before[key]
+        result["cpu"][key] = max(0.0, value - before[key])
     result["cpu"]["other"] = max(0.0, (busy1 - busy0) - sum(result["cpu"].values()))
     result["cpu"]["steal"] = steal1 - steal0
     return result
@@ -253,6 +253,21 @@ def machine() -> dict[str, Any]:
         **{pkg: version(pkg) for pkg in ("celery", "kombu", "redis", "netmiko", "paramiko",
                                          "asyncssh")},
     }
+
+
+def source_version() -> dict[str, Any]:
+    """The commit the bench ran on, and whether the working tree differed from it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "labq", "tasks"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "", "labq_modified": None}
+    return {"commit": commit, "labq_modified": bool(dirty)}
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:
@@ -359,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "machine": facts,
+        "source": source_version(),
         "params": {"devices": n, "concurrency": c, "workers": [c // 2, c // 2],
                    "latency": args.latency, "rounds": args.rounds, "samples": args.samples,
                    "command": COMMAND, "poll_interval": _poll_interval()},
@@ -399,7 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("CPU s per round, A: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu_a.items()))
     print("CPU s per round, B: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu_b.items()))
     other = max(cpu_a["other"], cpu_b["other"])
-    if other > 0.1 * (sum(cpu_a.values()) - cpu_a["other"]):
+    ours = sum(v for k, v in cpu_b.items() if k not in ("other", "steal"))
+    if other > 0.1 * ours:
         print(f"warning: other processes on this host used up to {other:.1f} CPU s per measured run; "
               "the figures are noisy (see cpu.other in the JSON)")
     print(f"wrote {_display(output)} in {result['elapsed']:.0f} s; reproduce with: {command}")

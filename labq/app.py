@@ -36,7 +36,19 @@ class PreforkOnlyWorker(CeleryWorker):  # type: ignore[misc]
         preload_for_fork()
         # labq.killing: children lead their own process group and may fork.
         from labq.killing import install
+
         install()
+
+    def _shutdown(self, warm: bool = True) -> None:
+        # Children lead their own process groups, so the pool's own shutdown
+        # reaches them but not what their tasks started: sweep those after.
+        from labq.killing import pool_children, sweep_after_shutdown
+
+        before = pool_children()
+        try:
+            super()._shutdown(warm=warm)
+        finally:
+            sweep_after_shutdown(before)
 
 
 #: Imported in the worker's main process, so each forked child shares them

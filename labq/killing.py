@@ -136,6 +136,27 @@ def sweep_group(pid: int | None, extra: list[psutil.Process] | None = None) -> N
         log.warning("killed what child %s left behind in its process group", pid)
 
 
+def pool_children() -> list[psutil.Process]:
+    """The worker main process's children with all their descendants, now."""
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def sweep_after_shutdown(before: list[psutil.Process]) -> None:
+    """After the pool stopped: SIGKILL anything of the children's trees that is
+    still alive (grandchildren in a child's group, or that left it)."""
+    for proc in before:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                log.warning("worker shutdown: killing leftover process %s", proc.pid)
+                proc.kill()
+        except psutil.Error:
+            continue
+        sweep_group(proc.pid)
+
+
 def _in_group(proc: psutil.Process, pgid: int) -> bool:
     try:
         return os.getpgid(proc.pid) == pgid
