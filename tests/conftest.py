@@ -10,9 +10,11 @@ import os
 import secrets
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 from selenium import webdriver
@@ -172,3 +174,53 @@ def browser(chromium: str, chromedriver: str, tmp_path: Path) -> Iterator[webdri
         yield driver
     finally:
         driver.quit()
+
+
+# Process-table helpers for the kill and shutdown tests: diag tasks record
+# their pids in a pidfile as `task <pid>` and `child <pid>` lines.
+
+def recorded(pidfile: Path) -> dict[str, list[int]]:
+    """``{"task": [pid], "child": [pid, ...]}`` from a diag task's pidfile."""
+    roles: dict[str, list[int]] = {}
+    if pidfile.exists():
+        for line in pidfile.read_text().splitlines():
+            role, pid = line.split()
+            roles.setdefault(role, []).append(int(pid))
+    return roles
+
+
+def wait_recorded(pidfile: Path, children: int, timeout: float = 30.0) -> dict[str, list[int]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        roles = recorded(pidfile)
+        if len(roles.get("child", [])) >= children and roles.get("task"):
+            return roles
+        if time.monotonic() > deadline:
+            pytest.fail(f"the task recorded only {roles} in {timeout} s")
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def still_alive(pids: list[int], timeout: float = 1.0) -> list[int]:
+    """The PIDs still alive after up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in pids if alive(p)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.02)
+
+
+def kill_leftovers(pids: list[int]) -> None:
+    # A failed test must not leak sleepers into the rest of the session.
+    for pid in pids:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass

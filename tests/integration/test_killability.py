@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 import labq
-from conftest import need
+from conftest import alive, kill_leftovers, need, recorded, still_alive, wait_recorded
 from labq.app import LabqCelery
 from tasks import diag
 
@@ -25,53 +24,6 @@ LIMITS: dict[str, Any] = {"soft_time_limit": 1, "time_limit": 2}
 #: How long after the outcome a killed process may still be in the table.
 GRACE = 1.0
 HAS_PYATS = importlib.util.find_spec("pyats") is not None
-
-
-def recorded(pidfile: Path) -> dict[str, list[int]]:
-    """``{"task": [pid], "child": [pid, ...]}`` from a diag task's pidfile."""
-    roles: dict[str, list[int]] = {}
-    if pidfile.exists():
-        for line in pidfile.read_text().splitlines():
-            role, pid = line.split()
-            roles.setdefault(role, []).append(int(pid))
-    return roles
-
-
-def wait_recorded(pidfile: Path, children: int, timeout: float = 30.0) -> dict[str, list[int]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        roles = recorded(pidfile)
-        if len(roles.get("child", [])) >= children and roles.get("task"):
-            return roles
-        if time.monotonic() > deadline:
-            pytest.fail(f"the task recorded only {roles} in {timeout} s")
-        time.sleep(0.05)
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def still_alive(pids: list[int], timeout: float = GRACE) -> list[int]:
-    """The PIDs still alive after up to ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [p for p in pids if alive(p)]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.02)
-
-
-def kill_leftovers(pids: list[int]) -> None:
-    # A failed test must not leak sleepers into the rest of the session.
-    for pid in pids:
-        try:
-            psutil.Process(pid).kill()
-        except psutil.Error:
-            pass
 
 
 def assert_worker_serves(app: LabqCelery, worker: str | None) -> None:

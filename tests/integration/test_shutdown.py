@@ -11,12 +11,12 @@ from pathlib import Path
 import psutil
 
 import labq
+from conftest import kill_leftovers, still_alive, wait_recorded
 from labq.app import create_app
 from labq.processes import spawn, stop_tree
 from labq.settings import Settings
 from labq.stack import Stack, child_env, node_name, worker_argv
 from tasks import diag
-from test_killability import kill_leftovers, still_alive, wait_recorded
 
 
 def start_worker(settings: Settings, name: str, tmp_path: Path) -> subprocess.Popen[bytes]:
