@@ -96,6 +96,10 @@ def lab_testbed(path: Path) -> Path:
         devices[name] = device_entry("127.0.0.1", next(ports), sim=knobs)
     mock = Path(sys.executable).with_name("mock_device_cli")
     if mock.exists():
+        # unicon over real ssh to a simulated device whose `show clock` hangs.
+        devices["uhang"] = device_entry("127.0.0.1", free_ports(1)[0],
+                                        sim={"hang": "^show clock"})
+        devices["uhang"]["custom"]["labq"]["driver"] = "unicon"  # type: ignore[index]
         devices["u1"] = {
             "os": "iosxe", "type": "router",
             "connections": {"defaults": {"class": "unicon.Unicon"},

@@ -71,15 +71,21 @@ class UniconSession(Session):
     def execute(self, command: str, timeout: float | None = None) -> str:
         try:
             output = str(self._conn.execute(command, timeout=timeout or DEFAULT_TIMEOUT))
-        except Exception:
+        except Exception as exc:
             # A timed-out unicon session stays unusable: destroy it.
             self.abort()
+            _reraise_soft_limit(exc)
             raise
         self.transcript.append((command, output))
         return output
 
     def configure(self, lines: Sequence[str]) -> str:
-        return str(self._conn.configure(list(lines)))
+        try:
+            return str(self._conn.configure(list(lines)))
+        except Exception as exc:
+            self.abort()
+            _reraise_soft_limit(exc)
+            raise
 
     def _disconnect(self) -> None:
         try:
@@ -89,6 +95,20 @@ class UniconSession(Session):
 
     def _drop(self) -> None:
         _kill(self._conn)
+
+
+def _reraise_soft_limit(exc: BaseException) -> None:
+    """unicon wraps the soft limit in SubCommandFailure (as its cause or its
+    argument): unwrap it, so the task sees the interrupt it was sent."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    if any(isinstance(x, SoftTimeLimitExceeded) for e in chain for x in (e, *e.args)):
+        raise SoftTimeLimitExceeded() from exc
 
 
 def _kill(conn: Any) -> None:

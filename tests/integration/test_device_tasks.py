@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 
@@ -202,3 +203,25 @@ def test_a_hard_kill_frees_the_lease_and_the_session_at_once(app: LabqCelery,
         time.sleep(0.05)
     assert leases.holders("l5") == []  # released by the worker's main process, not the TTL
     assert stack.sim.state("l5")["sessions"] == 0
+
+
+def test_a_unicon_session_stuck_in_a_long_command_is_destroyed(app: LabqCelery,
+                                                               stack: Stack) -> None:
+    need(Path(sys.executable).with_name("mock_device_cli").exists(),
+         "the pyats extra is not installed (pip install -e '.[pyats]')")
+    assert stack.sim is not None
+    port = stack.sim.ports["uhang"]
+    with run(app, "unicon-stuck") as r:
+        r.submit(device.execute, device="uhang", commands=["show version", "show clock"],
+                 timeout=600, soft_time_limit=3, time_limit=10)
+    (outcome,) = r.outcomes
+    assert outcome.status is labq.Status.SOFT_TIMEOUT, outcome.error
+    assert list(outcome.value) == ["show version"]
+    deadline = time.monotonic() + 2
+    while stack.sim.state("uhang", events=False)["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stack.sim.state("uhang", events=False)["sessions"] == 0
+    # unicon's ssh child is gone too.
+    ssh = [p for p in psutil.process_iter(["name", "cmdline"])
+           if p.info["name"] == "ssh" and str(port) in " ".join(p.info["cmdline"] or [])]
+    assert ssh == []
