@@ -134,13 +134,18 @@ class LabqTask(Task):  # type: ignore[misc]
             return self.run(*args, **kwargs)
         client = worker_redis(self.app.labq_settings.broker_url)
         task_id = self.request.id
-        if client.exists(cancel_key(run_id)):
-            raise TaskCancelled(f"run {run_id!r} was cancelled before task {task_id} started")
-        client.hset(starts_key(run_id), task_id, json.dumps({
+        # Record the start, then check the cancel flag: a cancel sets the flag,
+        # then reads the starts, so every task is either seen running (and
+        # interrupted) or sees the flag here.
+        pipe = client.pipeline()
+        pipe.hset(starts_key(run_id), task_id, json.dumps({
             "at": time.time(), "worker": self.request.hostname or "",
             "slot": slot_name(self.request.hostname), "pid": os.getpid(),
         }))
-        client.expire(starts_key(run_id), RUN_TTL)
+        pipe.expire(starts_key(run_id), RUN_TTL)
+        pipe.exists(cancel_key(run_id))
+        if pipe.execute()[-1]:
+            raise TaskCancelled(f"run {run_id!r} was cancelled before task {task_id} started")
         _install_log_handler()
         current.run_id, current.task_id, current.client = run_id, task_id, client
         current.device = str(kwargs.get("device") or (args[0] if args else "") or "")

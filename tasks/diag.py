@@ -195,3 +195,33 @@ def hold_device(session: Session, seconds: float = 3600.0) -> dict[str, Any]:
             log.warning("%s: ignoring the soft time limit", session.device.name)
     return _where()
 
+
+
+# -- probes for bench/timelimits ------------------------------------------------
+
+
+@shared_task(name="tasks.diag.soft_probe", bind=True)
+def soft_probe(self: Any, timefile: str, seconds: float = 60.0) -> dict[str, Any]:
+    """Sleep ``seconds`` and record when the body started and when it caught
+    ``SoftTimeLimitExceeded``, as one JSON line in ``timefile``; then re-raise,
+    so the outcome is ``soft_timeout``.
+
+    Times are ``time.time()`` in this prefork child, comparable with the
+    clock of any process on the same host.
+    """
+    import json
+
+    t_start = time.time()
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        t_caught = time.time()
+        line = json.dumps({"task_id": self.request.id, "pid": os.getpid(),
+                           "t_start": t_start, "t_caught": t_caught})
+        fd = os.open(timefile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+        raise
+    return {"t_start": t_start, "t_caught": None, **_where()}
