@@ -17,17 +17,18 @@ class Session(abc.ABC):
 
     driver: str = ""
 
-    def __init__(self, device: Device, connection: Connection) -> None:
+    def __init__(self, device: Device, connection: Connection, conn: Any) -> None:
         self.device = device
         self.connection = connection
+        self._conn = conn
         self.closed = False
         #: (command, output) of every command that completed, in order.
         self.transcript: list[tuple[str, str]] = []
 
     @property
-    @abc.abstractmethod
     def native(self) -> Any:
         """The driver's own connection object, for what the session lacks."""
+        return self._conn
 
     @abc.abstractmethod
     def execute(self, command: str, timeout: float | None = None) -> str:
@@ -49,8 +50,13 @@ class Session(abc.ABC):
             self.closed = True
             self._drop()
 
-    @abc.abstractmethod
-    def _disconnect(self) -> None: ...
+    def _disconnect(self) -> None:
+        # Both drivers name it disconnect(); a session that cannot say goodbye
+        # is dropped instead.
+        try:
+            self._conn.disconnect()
+        except Exception:
+            self._drop()
 
     @abc.abstractmethod
     def _drop(self) -> None: ...

@@ -27,10 +27,6 @@ DEFAULT_READ_TIMEOUT = 60.0
 class NetmikoSession(Session):
     driver = "netmiko"
 
-    def __init__(self, device: Device, connection: Connection, conn: Any) -> None:
-        super().__init__(device, connection)
-        self._conn = conn
-
     @classmethod
     def connect(cls, device: Device, connection: Connection, timeout: float) -> NetmikoSession:
         from netmiko import ConnectHandler
@@ -69,10 +65,6 @@ class NetmikoSession(Session):
             raise DeviceUnreachable.at(device.name, address, f"{type(exc).__name__}: {exc}") from exc
         return cls(device, connection, conn)
 
-    @property
-    def native(self) -> Any:
-        return self._conn
-
     def execute(self, command: str, timeout: float | None = None) -> str:
         output = str(self._conn.send_command(command, read_timeout=timeout or DEFAULT_READ_TIMEOUT))
         self.transcript.append((command, output))
@@ -80,12 +72,6 @@ class NetmikoSession(Session):
 
     def configure(self, lines: Sequence[str]) -> str:
         return str(self._conn.send_config_set(list(lines)))
-
-    def _disconnect(self) -> None:
-        try:
-            self._conn.disconnect()
-        except Exception:
-            self._drop()
 
     def _drop(self) -> None:
         # No "exit" to a device that may be stuck in a command: close the socket.

@@ -24,10 +24,6 @@ DEFAULT_TIMEOUT = 60.0
 class UniconSession(Session):
     driver = "unicon"
 
-    def __init__(self, device: Device, connection: Connection, conn: Any) -> None:
-        super().__init__(device, connection)
-        self._conn = conn
-
     @classmethod
     def connect(cls, device: Device, connection: Connection, timeout: float) -> UniconSession:
         try:
@@ -64,10 +60,6 @@ class UniconSession(Session):
                                        type(exc).__name__) from exc
         return cls(device, connection, conn)
 
-    @property
-    def native(self) -> Any:
-        return self._conn
-
     def execute(self, command: str, timeout: float | None = None) -> str:
         try:
             output = str(self._conn.execute(command, timeout=timeout or DEFAULT_TIMEOUT))
@@ -86,12 +78,6 @@ class UniconSession(Session):
             self.abort()
             _reraise_soft_limit(exc)
             raise
-
-    def _disconnect(self) -> None:
-        try:
-            self._conn.disconnect()
-        except Exception:
-            self._drop()
 
     def _drop(self) -> None:
         _kill(self._conn)
