@@ -197,18 +197,20 @@ class Run:
             return
         with Progress(self.id, total=len(self._order), enabled=self._progress_flag) as bar:
             bar.advance([o for o in self.outcomes if o.status.final])
-            while self._pending():
-                self._pump_logs(bar)
+            while True:
                 done = self.refresh()
                 bar.advance(done)
                 yield from done
+                if not self._pending():
+                    break
+                self._pump_logs(bar)
                 if deadline is not None and time.monotonic() > deadline and self._pending():
                     bar.note(f"timeout after {timeout} s: cancelling {len(self._pending())} tasks")
                     self.cancel()
                     raise RunTimeout(
                         f"run {self.id!r}: {len(self._pending()) or 'some'} tasks still "
                         f"running after {timeout} s; cancelled", self.outcomes)
-            self._pump_logs(bar)
+            self._pump_logs(bar, wait=False)
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         """Wait for every task; outcomes in submit order."""
@@ -216,16 +218,19 @@ class Run:
             pass
         return self.outcomes
 
-    def _pump_logs(self, bar: Progress) -> None:
-        """Print new log lines from the tasks; the blocking read paces the loop."""
+    def _pump_logs(self, bar: Progress, wait: bool = True) -> None:
+        """Print new log lines from the tasks; with ``wait`` the blocking read
+        paces the gathering loop."""
         if not self.logs:
-            time.sleep(POLL_INTERVAL)
+            if wait:
+                time.sleep(POLL_INTERVAL)
             return
         try:
             reply: Any = self.redis.xread({log_key(self.id): self._log_cursor}, count=500,
-                                     block=int(POLL_INTERVAL * 1000))
+                                          block=int(POLL_INTERVAL * 1000) if wait else None)
         except redis.RedisError:
-            time.sleep(POLL_INTERVAL)
+            if wait:
+                time.sleep(POLL_INTERVAL)
             return
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
