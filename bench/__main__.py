@@ -10,6 +10,7 @@ import sys
 BENCHMARKS: tuple[tuple[str, list[str]], ...] = (
     ("fanout", []),                      # issue 3: connect + show version, no latency
     ("fanout", ["--latency", "0.2"]),    # issue 7: 0.2 s per command
+    ("timelimits", []),                  # issue 5: soft/hard lateness, lease free, orphans
 )
 
 

@@ -49,6 +49,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import statistics
 import sys
 import tempfile
@@ -58,7 +59,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -83,15 +84,24 @@ EXPECT = {"soft_ms_p99": 100.0, "hard_ms_p99": 300.0, "lease_free_ms_max": 1000.
 PF_EXITING = 0x4
 
 
-def proc_stat(pid: int) -> tuple[str, int, int, int] | None:
-    """``(state, ppid, flags, starttime in ticks since boot)`` of ``pid``, or None."""
+class Stat(NamedTuple):
+    state: str
+    ppid: int
+    flags: int
+    cpu_ticks: int  # utime + stime
+    starttime: int  # ticks since boot
+
+
+def proc_stat(pid: int) -> Stat | None:
+    """What ``/proc/<pid>/stat`` says of ``pid`` now, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[1].split()
-    return fields[0], int(fields[1]), int(fields[6]), int(fields[19])
+    return Stat(fields[0], int(fields[1]), int(fields[6]), int(fields[11]) + int(fields[12]),
+                int(fields[19]))
 
 
 class Tracked:
@@ -105,32 +115,36 @@ class Tracked:
     def __init__(self, role: str, pid: int) -> None:
         self.role, self.pid = role, pid
         st = proc_stat(pid)
-        self.starttime = st[3] if st else None
+        self.starttime = st.starttime if st else None
+        #: CPU it used, as last seen: sleepers die as orphans, and nobody
+        #: accounts for their CPU after that
+        self.cpu_ticks = st.cpu_ticks if st else 0
         self.t_landed: float | None = None
         self.t_dead: float | None = None
 
     def is_dead(self) -> bool:
         st = proc_stat(self.pid)
-        return st is None or st[3] != self.starttime or st[0] in "ZX"
+        return st is None or st.starttime != self.starttime or st.state in "ZX"
 
     def poll(self, now: float) -> bool:
         """Update the times; true once dead."""
         if self.t_dead is not None:
             return True
         st = proc_stat(self.pid)
-        if st is None or st[3] != self.starttime or st[0] in "ZX":
+        if st is None or st.starttime != self.starttime or st.state in "ZX":
             self.t_dead = now
             if self.t_landed is None:
                 self.t_landed = now
             return True
-        if self.t_landed is None and st[2] & PF_EXITING:
+        self.cpu_ticks = st.cpu_ticks
+        if self.t_landed is None and st.flags & PF_EXITING:
             self.t_landed = now
         return False
 
     def kill(self) -> None:
         if not self.is_dead():
             try:
-                os.kill(self.pid, 9)
+                os.kill(self.pid, signal.SIGKILL)
             except OSError:
                 pass
 
@@ -170,12 +184,12 @@ def start_wall(pid: int) -> float | None:
     st = proc_stat(pid)
     if st is None:
         return None
-    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - st[3] / CLK_TCK)
+    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - st.starttime / CLK_TCK)
 
 
 def ppid_of(pid: int) -> int | None:
     st = proc_stat(pid)
-    return st[1] if st else None
+    return st.ppid if st else None
 
 
 # -- when the main process armed the timer: task-started events ---------------------
@@ -231,6 +245,8 @@ class Bench:
     pending: list[tuple[float, str, int, list[Tracked]]] = field(default_factory=list)
     orphans: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    #: CPU seconds of the sleepers, which die as orphans (see Tracked.cpu_ticks)
+    orphaned_cpu: float = 0.0
 
     def started(self, task_id: str, timeout: float = TRIAL_TIMEOUT) -> dict[str, Any]:
         """The start record labq's task base writes just before the body runs."""
@@ -346,6 +362,7 @@ def trial_hard(b: Bench, i: int, soft: float, hard: float) -> dict[str, Any]:
         if now > deadline:
             raise TimeoutError(f"hard trial {i}: {roles} not all dead {TRIAL_TIMEOUT} s after the limit")
         time.sleep(POLL)
+    b.orphaned_cpu += sum(p.cpu_ticks for p in procs[1:]) / CLK_TCK
     t_dead = max(p.t_dead for p in procs if p.t_dead is not None)
     t_landed = max(p.t_landed for p in procs if p.t_landed is not None)
     child = procs[0]
@@ -411,9 +428,34 @@ def trial_lease(b: Bench, i: int, device: str, soft: float, hard: float) -> dict
     return out
 
 
-def phase(b: Bench, name: str, trials: int, fn: Callable[[int], dict[str, Any]]) -> list[dict[str, Any]]:
+def own_cpu() -> float:
+    """CPU seconds of this bench and everything it started (the stack), alive or
+    reaped by their parents."""
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def busy_cpu() -> tuple[float, float]:
+    """(CPU seconds all CPUs spent busy, seconds stolen by the hypervisor) since boot."""
+    t = psutil.cpu_times()
+    steal = float(getattr(t, "steal", 0.0))
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - steal, steal
+
+
+def phase(b: Bench, name: str, trials: int, fn: Callable[[int], dict[str, Any]],
+          cpu: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """Run the trials; ``cpu[name]`` gets the wall time, our CPU and ``other``: the
+    busy CPU of the host that none of this bench's processes used."""
     out = []
     t0 = time.perf_counter()
+    own0, (busy0, steal0), orphaned0 = own_cpu(), busy_cpu(), b.orphaned_cpu
     for i in range(trials):
         try:
             out.append(fn(i))
@@ -423,7 +465,13 @@ def phase(b: Bench, name: str, trials: int, fn: Callable[[int], dict[str, Any]])
             if len(b.failures) > max(3, trials // 10):
                 raise SystemExit(f"too many failed trials: {b.failures}") from exc
         b.check_orphans()
-    print(f"{name}: {len(out)} trials in {time.perf_counter() - t0:.0f} s", flush=True)
+    wall = time.perf_counter() - t0
+    own = own_cpu() - own0 + (b.orphaned_cpu - orphaned0)
+    busy1, steal1 = busy_cpu()
+    cpu[name] = {"wall": wall, "ours": own, "other": max(0.0, busy1 - busy0 - own),
+                 "steal": steal1 - steal0}
+    print(f"{name}: {len(out)} trials in {wall:.0f} s; CPU s: ours {own:.1f}, "
+          f"other processes {cpu[name]['other']:.1f}", flush=True)
     return out
 
 
@@ -575,6 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             leases = Leases(redis.Redis.from_url(stack.settings.broker_url))
             run = labq.Run("bench-timelimits", app=app, progress=False, logs=False)
             b = Bench(run=run, events=events, leases=leases, sim=stack.sim, tmp=tmp)
+            cpu: dict[str, dict[str, float]] = {}
             try:
                 print(f"stack up in {stack_start:.1f} s; warming up", flush=True)
                 warm = [app.send_task("tasks.diag.echo", kwargs={"value": k}) for k in range(4 * c)]
@@ -585,12 +634,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print("warning: no task-started events: the 'from arm' rows stay empty",
                           flush=True)
                 soft = phase(b, "soft", args.trials,
-                             lambda i: trial_soft(b, i, args.soft, args.soft + 1.0))
+                             lambda i: trial_soft(b, i, args.soft, args.soft + 1.0), cpu)
                 hard = phase(b, "hard", args.trials,
-                             lambda i: trial_hard(b, i, args.hard_soft, args.hard))
+                             lambda i: trial_hard(b, i, args.hard_soft, args.hard), cpu)
                 lease = phase(b, "lease", args.trials,
                               lambda i: trial_lease(b, i, devices[i % 2], args.hard_soft,
-                                                    args.lease_hard))
+                                                    args.lease_hard), cpu)
                 b.check_orphans(wait=True)
                 run.refresh()
                 statuses: dict[str, dict[str, int]] = {}
@@ -650,6 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "outcomes": statuses,
         "lease_or_session_not_up_before_kill": not_held,
         "failures": b.failures,
+        "cpu": cpu,
         "stack_start": stack_start,
         "trials": {"soft": soft, "hard": hard, "lease": lease},
         "elapsed": time.perf_counter() - started,
@@ -665,6 +715,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not_held:
         print(f"warning: in {not_held} lease trials the lease or the session was not yet "
               "up before the kill")
+    nproc = int(facts["nproc"] or 1)
+    noisy = {k: v["other"] for k, v in cpu.items() if v["other"] > 0.05 * v["wall"] * nproc}
+    if noisy:
+        print("warning: other processes on this host used CPU during the phases "
+              + ", ".join(f"{k} ({v:.1f} CPU s)" for k, v in noisy.items())
+              + "; their figures are noisy (see cpu in the JSON)")
     if b.failures:
         print(f"failed trials: {len(b.failures)} (see failures in the JSON)")
     print(f"wrote {_display(args.output)} in {result['elapsed']:.0f} s; reproduce with: {command}")
