@@ -149,8 +149,6 @@ def test_labq_devices_lists_holders_and_waiters(stack: Stack) -> None:
 
 
 def test_no_secret_reaches_redis_flower_or_logs(app: LabqCelery, stack: Stack) -> None:
-    labq.pcall(device.execute, device=["a4", "authfail"], ckwargs={"command": "show version"},
-               run=run(app)) if False else None
     with run(app, "secrets") as r:
         r.submit(device.execute, device="a4", command="show running-config")
         r.submit(device.execute, device="authfail", command="show version")
