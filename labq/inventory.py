@@ -21,8 +21,6 @@ def device_rows(settings: Settings) -> list[dict[str, Any]]:
     client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
     try:
         state = {d.device: d for d in Leases(client).snapshot()}
-    except BrokerUnavailable:
-        raise
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"Redis at {mask_url(settings.broker_url)}: {exc}") from exc
     finally:

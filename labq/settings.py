@@ -134,8 +134,14 @@ class Settings:
 
 
 def mask_url(url: str) -> str:
-    """``redis://:secret@host`` becomes ``redis://:****@host``."""
-    return re.sub(r"(//[^:/@]*:)[^@/]+@", r"\1****@", url)
+    """``redis://:secret@host`` becomes ``redis://:****@host``, whatever the
+    password holds (an unencoded ``/`` or ``@`` included)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, host = rest.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0] + ":" if ":" in userinfo else ""
+    return f"{scheme}://{user}****@{host}"
 
 
 def _as_dict(settings: Settings) -> dict[str, Any]:

@@ -95,3 +95,7 @@ def test_mask_url_keeps_user_name() -> None:
 def test_to_env_round_trips() -> None:
     s = load({"LABQ_CONCURRENCY": "6", "LABQ_TESTBED": "x.yaml"})
     assert Settings.load(env=s.to_env(), config_file=os.devnull) == s
+
+
+def test_mask_url_hides_passwords_with_slashes_and_at_signs() -> None:
+    assert mask_url("redis://:p/a@ss@h:1/0") == "redis://:****@h:1/0"
