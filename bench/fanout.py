@@ -49,6 +49,8 @@ from typing import Any
 
 import psutil
 
+from bench.common import busy_cpu, display, source_version
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 COMMAND = "show version"
 
@@ -189,13 +191,6 @@ def service_cpu(stack: Any, sim: Any) -> dict[str, float]:
             "redis": tree_cpu(redis_proc.pid if redis_proc else None), "sim": tree_cpu(sim.pid)}
 
 
-def busy_cpu() -> tuple[float, float]:
-    """(CPU seconds all CPUs spent busy, seconds stolen by the hypervisor) since boot."""
-    t = psutil.cpu_times()
-    steal = float(getattr(t, "steal", 0.0))
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - steal, steal
-
-
 def measured(fn: Any, stack: Any, sim: Any) -> dict[str, Any]:
     """Run ``fn`` and add the CPU each long-lived process used meanwhile, and
     ``other``: the busy CPU of the whole host that none of this bench's processes used."""
@@ -253,21 +248,6 @@ def machine() -> dict[str, Any]:
         **{pkg: version(pkg) for pkg in ("celery", "kombu", "redis", "netmiko", "paramiko",
                                          "asyncssh")},
     }
-
-
-def source_version() -> dict[str, Any]:
-    """The commit the bench ran on, and whether the working tree differed from it."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "labq", "tasks"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": "", "labq_modified": None}
-    return {"commit": commit, "labq_modified": bool(dirty)}
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:
@@ -419,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if other > 0.1 * ours:
         print(f"warning: other processes on this host used up to {other:.1f} CPU s per measured run; "
               "the figures are noisy (see cpu.other in the JSON)")
-    print(f"wrote {_display(output)} in {result['elapsed']:.0f} s; reproduce with: {command}")
+    print(f"wrote {display(output)} in {result['elapsed']:.0f} s; reproduce with: {command}")
     return 0
 
 
@@ -432,13 +412,6 @@ def _poll_interval() -> float:
     from labq import run
 
     return float(run.POLL_INTERVAL)
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 if __name__ == "__main__":

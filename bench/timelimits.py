@@ -63,6 +63,8 @@ from typing import Any, NamedTuple
 
 import psutil
 
+from bench.common import busy_cpu, display, source_version
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: Seconds between polls of the process table and the lease in the tight loops.
 POLL = 0.001
@@ -442,13 +444,6 @@ def own_cpu() -> float:
     return total
 
 
-def busy_cpu() -> tuple[float, float]:
-    """(CPU seconds all CPUs spent busy, seconds stolen by the hypervisor) since boot."""
-    t = psutil.cpu_times()
-    steal = float(getattr(t, "steal", 0.0))
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - steal, steal
-
-
 def phase(b: Bench, name: str, trials: int, fn: Callable[[int], dict[str, Any]],
           cpu: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """Run the trials; ``cpu[name]`` gets the wall time, our CPU and ``other``: the
@@ -515,20 +510,6 @@ def machine() -> dict[str, Any]:
         "clk_tck": CLK_TCK,
         **{pkg: version(pkg) for pkg in ("celery", "billiard", "kombu", "redis", "psutil")},
     }
-
-
-def source_version() -> dict[str, Any]:
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "labq", "tasks"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": "", "labq_modified": None}
-    return {"commit": commit, "labq_modified": bool(dirty)}
 
 
 #: (key in the summary, label, which expectation applies to which statistic)
@@ -723,18 +704,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               + "; their figures are noisy (see cpu in the JSON)")
     if b.failures:
         print(f"failed trials: {len(b.failures)} (see failures in the JSON)")
-    print(f"wrote {_display(args.output)} in {result['elapsed']:.0f} s; reproduce with: {command}")
+    print(f"wrote {display(args.output)} in {result['elapsed']:.0f} s; reproduce with: {command}")
     missed = [k for k in ("soft", "hard", "lease_free") if not summary[k]["met"]]
     print("expectations: " + ("all met" if not missed and not b.orphans else
                               f"MISSED {', '.join(missed + (['orphans'] if b.orphans else []))}"))
     return 0
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 if __name__ == "__main__":
