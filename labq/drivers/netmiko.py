@@ -29,11 +29,9 @@ class NetmikoSession(Session):
 
     @classmethod
     def connect(cls, device: Device, connection: Connection, timeout: float) -> NetmikoSession:
+        from celery.exceptions import SoftTimeLimitExceeded
         from netmiko import ConnectHandler
-        from netmiko.exceptions import (
-            NetmikoAuthenticationException,
-            NetmikoTimeoutException,
-        )
+        from netmiko.exceptions import NetmikoAuthenticationException
 
         address = f"{connection.ip}:{connection.port}"
         creds = device.credentials
@@ -51,19 +49,26 @@ class NetmikoSession(Session):
             # netmiko's own session log would hold the password prompts.
             "session_log": None,
         }
+        # Built unconnected so that a failure half way (an interrupt, a drop)
+        # still has a handle to close: a lost paramiko client keeps the
+        # socket, and the device's session, open for as long as the process.
+        conn = ConnectHandler(**params, auto_connect=False)
+        session = cls(device, connection, conn)
         try:
-            conn = ConnectHandler(**params)
+            conn._open()
             if params["secret"] or not conn.check_enable_mode():
                 conn.enable()
-        except NetmikoAuthenticationException as exc:
-            raise AuthenticationFailed.at(device.name, address) from exc
-        except (TimeoutError, NetmikoTimeoutException, OSError, EOFError) as exc:
-            raise DeviceUnreachable.at(device.name, address, type(exc).__name__) from exc
-        except Exception as exc:  # paramiko raises bare SSHException on refused banners
-            if "Authentication" in type(exc).__name__:
+        except BaseException as exc:
+            session.abort()
+            if isinstance(exc, NetmikoAuthenticationException) or (
+                    "Authentication" in type(exc).__name__):
                 raise AuthenticationFailed.at(device.name, address) from exc
-            raise DeviceUnreachable.at(device.name, address, f"{type(exc).__name__}: {exc}") from exc
-        return cls(device, connection, conn)
+            if not isinstance(exc, Exception) or isinstance(exc, SoftTimeLimitExceeded):
+                raise  # an interrupt or a kill is the task's business, not a device fault
+            # paramiko raises bare SSHException on refused banners
+            raise DeviceUnreachable.at(device.name, address,
+                                       f"{type(exc).__name__}: {exc}") from exc
+        return session
 
     def execute(self, command: str, timeout: float | None = None) -> str:
         output = str(self._conn.send_command(command, read_timeout=timeout or DEFAULT_READ_TIMEOUT))

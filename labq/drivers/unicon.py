@@ -54,6 +54,7 @@ class UniconSession(Session):
             conn.connect()
         except Exception as exc:  # unicon raises its own ConnectionError, or others
             _kill(conn)
+            _reraise_soft_limit(exc)
             if "auth" in str(exc).lower() or "password" in type(exc).__name__.lower():
                 raise AuthenticationFailed.at(device.name, connection.address) from exc
             raise DeviceUnreachable.at(device.name, connection.address,

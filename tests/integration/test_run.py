@@ -220,7 +220,8 @@ def test_ctrl_c_stops_a_50_task_run_within_5_s(stack: Stack, app: LabqCelery,
     while time.monotonic() - sent < 5 and any(
             stack.sim.state(d, events=False)["sessions"] for d in devices):
         time.sleep(0.2)
-    assert [d for d in devices if stack.sim.state(d, events=False)["sessions"]] == []
+    open_devices = [d for d in devices if stack.sim.state(d, events=False)["sessions"]]
+    assert open_devices == [], [stack.sim.state(d) for d in open_devices]
 
 
 def test_live_logs_reach_the_testscript_before_the_task_ends(stack: Stack, tmp_path: Path) -> None:
