@@ -59,7 +59,11 @@ def init_child(**_: Any) -> None:
 
     procs: tuple[Any, ...] = (billiard_current(), multiprocessing.current_process())
     for proc in procs:
-        proc._config["daemon"] = False
+        try:
+            proc._config["daemon"] = False
+        except Exception as exc:  # a signal handler must not stop the child
+            log.warning("prefork child %d stays daemonic (%s): tasks cannot fork "
+                        "multiprocessing children", os.getpid(), exc)
 
 
 def install() -> None:
