@@ -99,7 +99,7 @@ def up(ctx: Context, redis_port: int, flower_port: int | None, concurrency: int 
     stack = Stack(settings, redis_port=redis_port)
     with _terminate_on_sigterm():
         try:
-            click.echo("starting Redis, workers lab-a and lab-b, and Flower ...")
+            click.echo("starting the simulated lab, Redis, workers lab-a and lab-b, and Flower ...")
             stack.start()
             _print_stack(stack)
             while True:
@@ -115,6 +115,9 @@ def up(ctx: Context, redis_port: int, flower_port: int | None, concurrency: int 
 
 def _print_stack(stack: Any) -> None:
     s = stack.settings
+    if stack.sim is not None:
+        click.echo(f"lab      {len(stack.sim.ports)} simulated devices from {s.testbed} "
+                   f"(control {stack.sim.control_url})")
     click.echo(f"Redis    {stack.redis.host}:{stack.redis.port} (password protected, AOF on)")
     click.echo(f"workers  {', '.join(stack.node_names)}")
     click.echo(f"Flower   {stack.flower_url}  user {s.flower_user!r} "
