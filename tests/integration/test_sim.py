@@ -92,13 +92,15 @@ def test_netmiko_show_and_configure(lab: SimProcess, state: Callable[[str], Any]
         assert "[OK]" in conn.save_config()
     finally:
         conn.disconnect()
+    wait_for(lambda: state("plain")["sessions"] == 0)
     commands = [e["command"] for e in events(state("plain"), "command")]
     assert commands[:2] == ["terminal width 511", "terminal length 0"]
     assert "show version" in commands and "configure terminal" in commands
 
 
 def test_sessions_are_counted_and_closed(lab: SimProcess, state: Callable[[str], Any]) -> None:
-    assert state("plain")["sessions"] == 0
+    # The previous test's disconnect may still be closing on the server side.
+    wait_for(lambda: state("plain")["sessions"] == 0)
     first = connect(lab, "plain")
     assert state("plain")["sessions"] == 1
     second = connect(lab, "plain")
