@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -207,6 +208,7 @@ def test_a_unicon_session_stuck_in_a_long_command_is_destroyed(app: LabqCelery,
                                                                stack: Stack) -> None:
     need(Path(sys.executable).with_name("mock_device_cli").exists(),
          "the pyats extra is not installed (pip install -e '.[pyats]')")
+    need(shutil.which("ssh") is not None, "no ssh client (apt-get install openssh-client)")
     assert stack.sim is not None
     port = stack.sim.ports["uhang"]
     with run(app, "unicon-stuck") as r:
