@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
+import os
+import platform
+from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+
+def machine(packages: Sequence[str]) -> dict[str, Any]:
+    """The host a benchmark ran on, and the versions of ``packages``."""
+    cpu_model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = psutil.virtual_memory().total
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_total_bytes": mem,
+        "memory_total_gib": round(mem / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        **{pkg: version(pkg) for pkg in packages},
+    }
 
 
 def busy_cpu() -> tuple[float, float]:

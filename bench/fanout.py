@@ -36,7 +36,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -50,6 +49,7 @@ from typing import Any
 import psutil
 
 from bench.common import busy_cpu, display, source_version
+from bench.common import machine as common_machine
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 COMMAND = "show version"
@@ -227,27 +227,7 @@ def serial_task_time(testbed: Any, device: str, samples: int) -> list[float]:
 
 
 def machine() -> dict[str, Any]:
-    cpu_model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from importlib.metadata import version
-
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_total_bytes": psutil.virtual_memory().total,
-        "memory_total_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        **{pkg: version(pkg) for pkg in ("celery", "kombu", "redis", "netmiko", "paramiko",
-                                         "asyncssh")},
-    }
+    return common_machine(("celery", "kombu", "redis", "netmiko", "paramiko", "asyncssh"))
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:

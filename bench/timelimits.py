@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import signal
 import statistics
@@ -64,6 +63,7 @@ from typing import Any, NamedTuple
 import psutil
 
 from bench.common import busy_cpu, display, source_version
+from bench.common import machine as common_machine
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: Seconds between polls of the process table and the lease in the tight loops.
@@ -487,29 +487,8 @@ def column(rows: list[dict[str, Any]], key: str) -> list[float]:
 
 
 def machine() -> dict[str, Any]:
-    from importlib.metadata import version
-
-    cpu_model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = psutil.virtual_memory().total
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_total_bytes": mem,
-        "memory_total_gib": round(mem / 2**30, 1),
-        "loadavg_start": list(os.getloadavg()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "clk_tck": CLK_TCK,
-        **{pkg: version(pkg) for pkg in ("celery", "billiard", "kombu", "redis", "psutil")},
-    }
+    return {**common_machine(("celery", "billiard", "kombu", "redis", "psutil")),
+            "loadavg_start": list(os.getloadavg()), "clk_tck": CLK_TCK}
 
 
 #: (key in the summary, label, which expectation applies to which statistic)
