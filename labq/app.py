@@ -49,6 +49,40 @@ class PreforkOnlyWorker(CeleryWorker):  # type: ignore[misc]
             super()._shutdown(warm=warm)
         finally:
             sweep_after_shutdown(before)
+            # Last: a warm shutdown's running tasks were still this worker's.
+            heartbeat = getattr(self, "_labq_heartbeat", None)
+            if heartbeat is not None:
+                heartbeat.stop(remove=True)
+
+    def on_consumer_ready(self, consumer: Any) -> None:
+        super().on_consumer_ready(consumer)
+        if getattr(self, "_labq_heartbeat", None) is None:
+            from labq.liveness import Heartbeat
+
+            settings: Settings = self.app.labq_settings
+            self._labq_heartbeat = Heartbeat(
+                settings.broker_url, self.hostname, settings.worker_ttl,
+                info=self._labq_beat_info, fence=_fence_running_tasks).start()
+
+    def _labq_beat_info(self) -> dict[str, Any]:
+        from celery.worker import state
+
+        queues = sorted(self.app.amqp.queues.consume_from or self.app.amqp.queues)
+        pool = getattr(self, "pool", None)
+        size = getattr(pool, "num_processes", None) or self.concurrency
+        return {"queues": queues, "concurrency": size, "busy": len(state.active_requests)}
+
+
+def _fence_running_tasks() -> int:
+    """Kill every running task with its process tree; returns how many."""
+    from celery.worker import state
+
+    requests = list(state.active_requests)
+    for request in requests:
+        kill = getattr(request, "_kill_tree", None)
+        if kill is not None:
+            kill("no heartbeat reached Redis")
+    return len(requests)
 
 
 #: Imported in the worker's main process, so each forked child shares them

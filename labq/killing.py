@@ -8,7 +8,8 @@ outlive it as orphans (billiard #204). labq closes that hole in two places:
   the child becomes the leader of its own process group, so everything it
   forks shares a group whose id is the child's PID; and it stops calling
   itself daemonic, so ``multiprocessing`` and pcall may start processes in
-  a task (celery#1709).
+  a task (celery#1709). Processes forked from the child get back the
+  default action for the signals billiard catches (:func:`plain_signals`).
 - In the worker's main process, :class:`KillingRequest` (the ``Request`` of
   every labq task) SIGKILLs the group, plus any descendant that left it
   (pexpect, as unicon uses, calls ``setsid``), when the hard limit fires or
@@ -64,6 +65,38 @@ def init_child(**_: Any) -> None:
         except Exception as exc:  # a signal handler must not stop the child
             log.warning("prefork child %d stays daemonic (%s): tasks cannot fork "
                         "multiprocessing children", os.getpid(), exc)
+    # Registered here, in the child, so that only the forks a task makes run it.
+    os.register_at_fork(after_in_child=_plain_signals_in_fork)
+
+
+def plain_signals() -> list[int]:
+    """Give back the default action for every signal billiard's child catches.
+
+    Runs in each process forked from a prefork child. billiard's SIGTERM
+    handler raises ``SystemExit`` from Python code, and CPython only runs it
+    between bytecodes: a ``multiprocessing`` worker that gets SIGTERM just as
+    it starts waiting on its queue's lock never wakes. ``Pool.__exit__``
+    (which terminates with SIGTERM) then waited forever on one worker in
+    about one pool of sixty. With the default action the kernel ends it.
+    """
+    from billiard.common import _shutdown_cleanup
+
+    reset = []
+    for sig in signal.valid_signals():
+        try:
+            if signal.getsignal(sig) is _shutdown_cleanup:
+                signal.signal(sig, signal.SIG_DFL)
+                reset.append(int(sig))
+        except (OSError, ValueError, RuntimeError):
+            continue
+    return reset
+
+
+def _plain_signals_in_fork() -> None:
+    try:
+        plain_signals()
+    except Exception as exc:  # a fork hook must never stop the new process
+        log.warning("process %d keeps billiard's signal handlers: %s", os.getpid(), exc)
 
 
 def install() -> None:

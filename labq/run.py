@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -23,21 +23,26 @@ from typing import Any
 import redis
 from kombu.exceptions import OperationalError
 
+from labq import liveness, publish
 from labq.app import LabqCelery, create_app
 from labq.errors import (
     BrokerUnavailable,
+    PartialSubmit,
     RunTimeout,
     SubmitError,
     TimeLimitError,
 )
-from labq.outcome import Outcome, Status, outcome_from_meta
+from labq.outcome import Outcome, RemoteError, Status, outcome_from_meta
 from labq.progress import Progress
+from labq.publish import DEFAULT_CHUNK
 from labq.settings import Settings, mask_url
 from labq.task_base import (
     RUN_KWARG,
     RUN_TTL,
     SCRIPT_KWARG,
     cancel_key,
+    done_key,
+    fenced_key,
     log_key,
     starts_key,
 )
@@ -45,6 +50,12 @@ from labq.task_base import (
 #: Seconds between the soft interrupt of a cancel and the hard kill.
 DEFAULT_GRACE = 5.0
 POLL_INTERVAL = 0.1
+#: Longest wait for a pushed change (a task's end, a log line) before every
+#: pending result is read anyway: hard kills and revokes are stored by the
+#: worker's main process, which pushes nothing.
+CHANGE_WAIT = 0.5
+#: Seconds between checks of the heartbeats of the workers running our tasks.
+LIVENESS_INTERVAL = 1.0
 
 
 def _script_name() -> str:
@@ -93,7 +104,14 @@ class Run:
         self._outcomes: dict[str, Outcome] = {}
         self._queues: set[str] = set()
         self._log_cursor = "0-0"
+        self._done_cursor = "0-0"
         self._cancelled = False
+        #: What each task was sent with, to run an idempotent one again.
+        self._calls: dict[str, tuple[str, list[Any], dict[str, Any], str,
+                                     float | None, float | None]] = {}
+        #: Task id that replaced each one run again after its worker died.
+        self.reruns: dict[str, str] = {}
+        self._next_liveness = 0.0
         self.redis = redis.Redis.from_url(self.settings.backend_url, socket_timeout=10,
                                           socket_connect_timeout=5)
         try:
@@ -130,19 +148,74 @@ class Run:
         route = self.app.amqp.router.route({}, name, args, body, self.app.tasks.get(name))
         queue = route.get("queue")
         queue_name = getattr(queue, "name", None) or str(queue or self.settings.default_queue)
-        try:
-            self.app.send_task(name, args=list(args), kwargs=body, task_id=task_id,
-                               queue=queue_name, soft_time_limit=soft, time_limit=hard)
-        except OperationalError as exc:
-            raise BrokerUnavailable(
-                f"cannot submit {name}: Redis at {mask_url(self.settings.broker_url)} "
-                f"is unreachable: {exc}") from exc
-        self._queues.add(queue_name)
+        self._send(task_id, (name, list(args), body, queue_name, soft, hard))
         self._order.append(task_id)
         self._outcomes[task_id] = Outcome(
             task_id=task_id, task=name, device=str(device) if device else None,
             status=Status.QUEUED, queued_at=datetime.now(timezone.utc))
         return task_id
+
+    def submit_many(self, task: Any, kwargs_list: Iterable[Mapping[str, Any]], *,
+                    soft_time_limit: float | None = None, time_limit: float | None = None,
+                    chunk: int = DEFAULT_CHUNK) -> list[str]:
+        """Queue ``task(**kwargs)`` for each mapping of ``kwargs_list``, in
+        Redis pipelines of ``chunk`` messages; returns the task ids in order.
+
+        Every item is checked as :meth:`submit` checks it (task, JSON, device,
+        limits) before the first message is published, so one bad item queues
+        nothing. If Redis fails part way, :class:`labq.errors.PartialSubmit`
+        names the task ids that were queued (the run tracks those), the
+        uncertain ones and those never sent.
+        """
+        if self._cancelled:
+            raise SubmitError(f"run {self.id!r} is cancelled; submit to a new run")
+        name = self._task_name(task)
+        own = self.app.tasks[name]
+        soft = _first(soft_time_limit, self.soft_time_limit, own.soft_time_limit)
+        hard = _first(time_limit, self.time_limit, own.time_limit)
+        check_limits(soft, hard, self.settings)
+        messages = []
+        for kwargs in kwargs_list:
+            kwargs = dict(kwargs)
+            _check_json(name, (), kwargs)
+            device = kwargs.get("device")
+            body = {**kwargs, RUN_KWARG: self.id, SCRIPT_KWARG: self.script}
+            messages.append(publish.build(
+                self.app, name, (), body, task_id=str(uuid.uuid4()),
+                device=str(device) if device else None, default_queue=self.settings.default_queue,
+                soft_time_limit=soft, time_limit=hard))
+        try:
+            publish.publish(self.app, messages, chunk=chunk, broker=mask_url(self.settings.broker_url))
+        except PartialSubmit as exc:
+            queued = set(exc.queued)
+            self._track_published((m for m in messages if m.task_id in queued), soft, hard)
+            raise
+        self._track_published(messages, soft, hard)
+        return [m.task_id for m in messages]
+
+    def _track_published(self, messages: Iterable[publish.TaskMessage],
+                         soft: float | None = None, hard: float | None = None) -> None:
+        now = datetime.now(timezone.utc)
+        for m in messages:
+            body = m.message[2][1]  # protocol 2 body: (args, kwargs, embed)
+            self._queues.add(m.queue)
+            self._calls[m.task_id] = (m.name, [], body, m.queue, soft, hard)
+            self._order.append(m.task_id)
+            self._outcomes[m.task_id] = Outcome(task_id=m.task_id, task=m.name, device=m.device,
+                                                status=Status.QUEUED, queued_at=now)
+
+    def _send(self, task_id: str, call: tuple[str, list[Any], dict[str, Any], str,
+                                                float | None, float | None]) -> None:
+        name, args, body, queue, soft, hard = call
+        try:
+            self.app.send_task(name, args=args, kwargs=body, task_id=task_id,
+                               queue=queue, soft_time_limit=soft, time_limit=hard)
+        except OperationalError as exc:
+            raise BrokerUnavailable(
+                f"cannot submit {name}: Redis at {mask_url(self.settings.broker_url)} "
+                f"is unreachable: {exc}") from exc
+        self._queues.add(queue)
+        self._calls[task_id] = call
 
     def _task_name(self, task: Any) -> str:
         name = task if isinstance(task, str) else getattr(task, "name", None)
@@ -187,7 +260,65 @@ class Run:
             self._outcomes[task_id] = new
             if new.status.final:
                 done.append(new)
-        return done
+        return done + self._check_workers()
+
+    # -- dead workers -----------------------------------------------------
+
+    def _check_workers(self) -> list[Outcome]:
+        """Settle the running tasks of workers whose heartbeat expired.
+
+        A task that may run again (``idempotent``) is sent once more under a
+        new id (see :attr:`reruns`); any other becomes ``lost``. Either way
+        its id is fenced first, so the old message, redelivered when the
+        host returns or the visibility timeout passes, never runs it again.
+        """
+        now = time.monotonic()
+        if now < self._next_liveness:
+            return []
+        self._next_liveness = now + LIVENESS_INTERVAL
+        running = {t: o.worker for t in self._pending()
+                   if (o := self._outcomes[t]).status is Status.RUNNING and o.worker}
+        if not running:
+            return []
+        try:
+            up = liveness.alive(self.redis, running.values())
+        except redis.RedisError:
+            return []  # Redis itself is away: nothing can be told about workers
+        dead = {t: w for t, w in running.items() if not up[w]}
+        if not dead:
+            return []
+        from labq.device_task import release_leases_of
+
+        pipe = self.redis.pipeline()
+        for task_id, worker in dead.items():
+            pipe.hset(fenced_key(self.id), task_id, worker)
+        pipe.expire(fenced_key(self.id), RUN_TTL)
+        pipe.execute()
+        lost = []
+        at = datetime.now(timezone.utc)
+        for task_id, worker in dead.items():
+            release_leases_of(self.app, task_id)  # the worker fenced itself or died
+            old = self._outcomes[task_id]
+            task = self.app.tasks.get(old.task)
+            if getattr(task, "idempotent", False) and task_id not in self.reruns.values():
+                self._rerun(task_id)
+                continue
+            self._outcomes[task_id] = old.with_status(Status.LOST, finished_at=at, error=RemoteError(
+                "WorkerLost", f"worker {worker} stopped its heartbeat while running "
+                f"{old.task} (no sign of it for {self.settings.worker_ttl:g} s)", ""))
+            lost.append(self._outcomes[task_id])
+        return lost
+
+    def _rerun(self, task_id: str) -> str:
+        """Send ``task_id``'s call again under a new id, in its place."""
+        new_id = str(uuid.uuid4())
+        self._send(new_id, self._calls[task_id])
+        old = self._outcomes.pop(task_id)
+        self._order[self._order.index(task_id)] = new_id
+        self._outcomes[new_id] = Outcome(task_id=new_id, task=old.task, device=old.device,
+                                         status=Status.QUEUED, queued_at=datetime.now(timezone.utc))
+        self.reruns[task_id] = new_id
+        return new_id
 
     def as_completed(self, timeout: float | None = None) -> Iterator[Outcome]:
         """Yield each outcome as its task ends. At ``timeout`` the rest is
@@ -203,7 +334,7 @@ class Run:
                 yield from done
                 if not self._pending():
                     break
-                self._pump_logs(bar)
+                self._wait_for_change(bar, CHANGE_WAIT)
                 if deadline is not None and time.monotonic() > deadline and self._pending():
                     bar.note(f"timeout after {timeout} s: cancelling {len(self._pending())} tasks")
                     self.cancel()
@@ -217,6 +348,34 @@ class Run:
         for _ in self.as_completed(timeout=timeout):
             pass
         return self.outcomes
+
+    def _wait_for_change(self, bar: Progress, timeout: float) -> None:
+        """Block until a task of the run ends or logs, at most ``timeout`` s.
+
+        Each task adds its id to the run's done stream once its result is
+        stored (``LabqTask.after_return``); one ``XREAD`` waits on that stream
+        and the log stream together, so the loop wakes within a round trip
+        of a result instead of polling. Log lines read here are shown.
+        """
+        streams: dict[Any, Any] = {done_key(self.id): self._done_cursor}
+        if self.logs:
+            streams[log_key(self.id)] = self._log_cursor
+        try:
+            reply: Any = self.redis.xread(streams, count=1000, block=max(1, int(timeout * 1000)))
+        except redis.RedisError:
+            time.sleep(POLL_INTERVAL)
+            return
+        for stream, entries in reply or []:
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            for entry_id, fields in entries:
+                cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                if name != log_key(self.id):
+                    self._done_cursor = cursor
+                    continue
+                self._log_cursor = cursor
+                f = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
+                bar.log(f.get("device") or f.get("task_id", "")[:8], f.get("level", ""),
+                        f.get("message", ""))
 
     def _pump_logs(self, bar: Progress, wait: bool = True) -> None:
         """Print new log lines from the tasks; with ``wait`` the blocking read

@@ -56,6 +56,10 @@ class Settings:
     shutdown_timeout: float = 30.0
     #: Seconds a task result is kept in Redis.
     result_expires: int = 86400
+    #: A worker that has not written its heartbeat for this long is dead: its
+    #: running tasks become lost (or run again, if idempotent). It fences
+    #: itself (kills its running tasks) after half of this without Redis.
+    worker_ttl: float = 10.0
     flower_address: str = "127.0.0.1"
     flower_port: int = 5555
     flower_user: str = "labq"
@@ -211,6 +215,8 @@ def _validate(s: Settings) -> None:
         raise bad("time_limit", f"exceeds LABQ_MAX_TIME_LIMIT={s.max_time_limit!r}")
     if s.concurrency < 1:
         raise bad("concurrency", "must be at least 1")
+    if s.worker_ttl < 2:
+        raise bad("worker_ttl", "must be at least 2 seconds (heartbeats go every ttl/5)")
     if not 0 <= s.flower_port <= 65535:
         raise bad("flower_port", "must be a TCP port, 0 to 65535")
     if s.result_expires < 1:

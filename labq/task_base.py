@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from labq.errors import SoftTimeout, TaskCancelled
 
@@ -34,6 +34,9 @@ SCRIPT_KWARG = "labq_script"
 #: How long run bookkeeping (cancel flag, starts, logs) stays in Redis.
 RUN_TTL = 7 * 24 * 3600
 LOG_STREAM_MAXLEN = 10000
+#: Entries kept in a run's done stream; a client more than this far behind
+#: still finds every result by its fallback read.
+DONE_STREAM_MAXLEN = 100000
 
 
 def cancel_key(run_id: str) -> str:
@@ -44,8 +47,19 @@ def starts_key(run_id: str) -> str:
     return f"labq:run:{run_id}:started"
 
 
+def fenced_key(run_id: str) -> str:
+    """Hash of task ids declared lost with a dead worker: they must never run."""
+    return f"labq:run:{run_id}:fenced"
+
+
 def log_key(run_id: str) -> str:
     return f"labq:run:{run_id}:log"
+
+
+def done_key(run_id: str) -> str:
+    """Stream of the run's task ids, each added once its result is stored:
+    the client blocks on it instead of polling every result key."""
+    return f"labq:run:{run_id}:done"
 
 
 _redis: tuple[int, str, redis.Redis] | None = None
@@ -144,7 +158,15 @@ class LabqTask(Task):  # type: ignore[misc]
         }))
         pipe.expire(starts_key(run_id), RUN_TTL)
         pipe.exists(cancel_key(run_id))
-        if pipe.execute()[-1]:
+        pipe.hexists(fenced_key(run_id), task_id)
+        *_, cancelled, fenced = pipe.execute()
+        if fenced:
+            # Its run declared it lost (or ran it again) when its first worker
+            # died; a redelivered message must not run it a second time.
+            log.warning("task %s of run %s was declared lost earlier; not running it",
+                        task_id, run_id)
+            raise Ignore()
+        if cancelled:
             raise TaskCancelled(f"run {run_id!r} was cancelled before task {task_id} started")
         _install_log_handler()
         current.run_id, current.task_id, current.client = run_id, task_id, client
@@ -158,3 +180,20 @@ class LabqTask(Task):  # type: ignore[misc]
             raise
         finally:
             current.run_id = current.task_id = current.device = None
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any,
+                     kwargs: Any, einfo: Any) -> None:
+        # Celery calls this after it stored the result: wake the run's client.
+        # A hard kill or a revoke is stored by the main process and pushes
+        # nothing; the client's fallback read covers those.
+        run_id = (kwargs or {}).get(RUN_KWARG)
+        if run_id is None or getattr(self.request, "called_directly", True):
+            return
+        try:
+            pipe = worker_redis(self.app.labq_settings.broker_url).pipeline(transaction=False)
+            pipe.xadd(done_key(run_id), {"task_id": task_id, "status": status},
+                      maxlen=DONE_STREAM_MAXLEN, approximate=True)
+            pipe.expire(done_key(run_id), RUN_TTL)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("cannot announce the end of task %s to run %s: %s", task_id, run_id, exc)

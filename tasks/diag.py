@@ -36,6 +36,15 @@ def sleep(seconds: float = 1.0) -> dict[str, Any]:
     return {"slept": seconds, **_where()}
 
 
+@shared_task(name="tasks.diag.nap", idempotent=True)
+def nap(seconds: float = 1.0, pidfile: str | None = None) -> dict[str, Any]:
+    """:func:`sleep` marked idempotent: it may run again after its worker died."""
+    _record(pidfile, "start", os.getpid())
+    time.sleep(seconds)
+    _record(pidfile, "end", os.getpid())
+    return {"slept": seconds, **_where()}
+
+
 @shared_task(name="tasks.diag.burn")
 def burn(seconds: float = 1.0) -> dict[str, Any]:
     """Keep one core busy for ``seconds``, counting loop turns."""
@@ -165,6 +174,25 @@ def pool_children(n: int = 4, seconds: float = 3600.0, pidfile: str | None = Non
                                chunksize=1)
     return {"results": [r for r, _ in out], "item_pids": [p for _, p in out],
             "pids": workers, **_where()}
+
+
+def _signal_actions(_: int) -> dict[str, str]:
+    import signal
+
+    def name(action: Any) -> str:  # "SIG_DFL", "SIG_IGN" or the handler's name
+        return str(getattr(action, "name", None) or getattr(action, "__name__", repr(action)))
+
+    return {sig: name(signal.getsignal(getattr(signal, sig)))
+            for sig in ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1")}
+
+
+@shared_task(name="tasks.diag.child_signals")
+def child_signals() -> dict[str, Any]:
+    """The signal actions a ``multiprocessing`` child of the task starts with."""
+    import multiprocessing
+
+    with multiprocessing.Pool(1) as pool:
+        return {"child": pool.map(_signal_actions, [0])[0], **_where()}
 
 
 @shared_task(name="tasks.diag.pcall_children")

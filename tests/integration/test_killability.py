@@ -150,6 +150,17 @@ def test_a_task_may_start_processes_that_return_results(
     assert still_alive(roles["child"]) == []
 
 
+def test_processes_a_task_forks_get_default_signal_actions(app: LabqCelery) -> None:
+    # billiard's SIGTERM handler, inherited, made Pool.__exit__ hang now and then.
+    with labq.Run("signals", app=app, progress=False) as run:
+        run.submit(diag.child_signals)
+    outcome = run.outcomes[0]
+    assert outcome.status is labq.Status.SUCCEEDED, outcome.error
+    actions = outcome.value["child"]
+    assert actions["SIGTERM"] == "SIG_DFL", actions
+    assert actions["SIGHUP"] == "SIG_DFL", actions
+
+
 def test_a_task_may_run_subprocesses_to_completion(app: LabqCelery) -> None:
     with labq.Run("subprocesses", app=app, progress=False) as run:
         run.submit(diag.spawn_sleepers, n=2, seconds=0.1)
