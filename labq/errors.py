@@ -198,6 +198,23 @@ class SubmitError(LabqError):
     Nothing was queued for that call."""
 
 
+class PartialSubmit(SubmitError, BrokerUnavailable):
+    """A batch submit (:meth:`labq.Run.submit_many`) lost Redis part way.
+
+    Every item was validated before anything was published, so this only
+    follows a broker failure. ``queued`` are the task ids whose pipeline
+    Redis executed (the run tracks them), ``uncertain`` those of the pipeline
+    that failed (Redis may or may not have queued them), ``unsent`` the rest.
+    """
+
+    def __init__(self, message: str, queued: Sequence[str], uncertain: Sequence[str],
+                 unsent: Sequence[str]) -> None:
+        super().__init__(message)
+        self.queued = list(queued)
+        self.uncertain = list(uncertain)
+        self.unsent = list(unsent)
+
+
 class RunError(LabqError):
     """Base of the errors a run raises to the testscript. ``outcomes`` holds
     every outcome gathered so far, in call order where the run knows it."""

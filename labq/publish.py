@@ -1,0 +1,132 @@
+"""Batch publishing: many task messages through Redis pipelines.
+
+:meth:`labq.Run.submit_many` validates every item first (task, JSON,
+limits, device and route), then publishes the messages here in chunks.
+
+The messages are exactly what ``app.send_task`` would publish: Celery builds
+them (``amqp.create_task_message``, protocol 2, with the ``task-sent`` event)
+and Celery's ``send_task_message`` hands them to kombu's own producer. Only
+the transport step differs: inside ``Producer.batch()`` kombu's Redis
+channel buffers its final commands in a non-transactional pipeline instead
+of sending them one by one. Those commands are the same as unbatched ones:
+``LPUSH`` of the JSON envelope onto the queue's key for the message's
+priority (``queue`` for 0, ``queue\\x06\\x16<step>`` otherwise,
+``priority_steps`` 0/3/6/9) and ``PUBLISH`` of the event on the
+``/0.celeryev/task.sent`` fanout channel. Workers consume such a message like
+any other. Two client round trips per task (``LPUSH``, event ``PUBLISH``)
+become one per chunk, and the result backend's per-task ``SUBSCRIBE`` /
+``UNSUBSCRIBE`` (``RedisBackend.on_task_call``) is skipped: a run reads
+results itself and never listens on those channels.
+
+Each chunk is one pipeline execute, so when Redis fails mid-way the chunks
+before it are known to be queued, the failing chunk is uncertain and the
+rest was never sent: :class:`labq.errors.PartialSubmit` says which is which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kombu.exceptions import KombuError, OperationalError
+
+from labq.errors import BrokerUnavailable, PartialSubmit, SubmitError
+from labq.settings import mask_url
+
+#: Messages per pipeline: big enough to amortise the round trip, small enough
+#: that a failure leaves little uncertain.
+DEFAULT_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """One validated, routed, serialisable task message, not yet published."""
+
+    task_id: str
+    name: str
+    queue: str
+    device: str | None
+    #: Celery's protocol-2 message: (headers, properties, body, sent_event).
+    message: Any = field(repr=False)
+    #: Routing options for ``send_task_message`` (queue, exchange, routing key).
+    options: Mapping[str, Any] = field(repr=False, default_factory=dict)
+
+
+def build(app: Any, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], *,
+          task_id: str, device: str | None, default_queue: str,
+          soft_time_limit: float | None, time_limit: float | None,
+          queue: str | None = None) -> TaskMessage:
+    """Route and build one message as ``app.send_task`` would; nothing is sent.
+
+    Routing runs here, so an unknown device raises before anything is queued.
+    ``queue`` overrides the route, as ``send_task(queue=...)`` does.
+    """
+    task = app.tasks.get(name)
+    # As send_task: the task's own execution options (priority, ...) are
+    # defaults; the limits are explicit and ignore_result is a header.
+    own = task._get_exec_options() if task is not None else {}
+    options = {k: v for k, v in (own or {}).items() if v is not None}
+    for key in ("time_limit", "soft_time_limit", "expires"):
+        options.pop(key, None)
+    ignore_result = options.pop("ignore_result", None)
+    if queue:
+        options["queue"] = queue
+    options = dict(app.amqp.router.route(options, name, list(args), dict(kwargs), task))
+    queue = options.get("queue")
+    queue_name = getattr(queue, "name", None) or str(queue or default_queue)
+    options["queue"] = queue_name
+    message = app.amqp.create_task_message(
+        task_id, name, list(args), dict(kwargs),
+        reply_to=app.thread_oid, time_limit=time_limit, soft_time_limit=soft_time_limit,
+        create_sent_event=app.conf.task_send_sent_event, ignore_result=ignore_result,
+    )
+    return TaskMessage(task_id=task_id, name=name, queue=queue_name, device=device,
+                       message=message, options=options)
+
+
+def publish(app: Any, messages: Sequence[TaskMessage], *, chunk: int = DEFAULT_CHUNK,
+            broker: str = "") -> None:
+    """Publish ``messages`` in pipelines of ``chunk``; all or a :class:`PartialSubmit`."""
+    if chunk < 1:
+        raise SubmitError(f"chunk={chunk!r}: must be at least 1")
+    send = app.amqp.send_task_message
+    queued: list[str] = []
+    try:
+        with app.producer_or_acquire() as producer:
+            for start in range(0, len(messages), chunk):
+                part = messages[start:start + chunk]
+                sending = True
+                try:
+                    # max_size above the chunk's commands: kombu must not flush
+                    # on its own, so one execute covers exactly this chunk.
+                    with producer.batch(max_size=4 * len(part) + 16) as batch:
+                        for m in part:
+                            send(producer, m.name, m.message, retry=False, **m.options)
+                        sending = False
+                        batch.flush()
+                except (KombuError, OSError, ConnectionError) as exc:
+                    ids = [m.task_id for m in messages]
+                    done = len(queued)
+                    uncertain = [] if sending else ids[done:done + len(part)]
+                    unsent = ids[done + len(uncertain):]
+                    raise PartialSubmit(
+                        f"batch submit to {broker or 'Redis'} failed after {done} of {len(ids)} "
+                        f"tasks were queued ({type(exc).__name__}: {exc}); queued: "
+                        f"{_ids(queued)}; uncertain: {_ids(uncertain)}; not sent: {_ids(unsent)}",
+                        queued, uncertain, unsent) from exc
+                queued += [m.task_id for m in part]
+    except PartialSubmit:
+        raise
+    except OperationalError as exc:  # no producer at all: nothing was sent
+        raise BrokerUnavailable(
+            f"cannot submit {len(messages)} tasks: Redis at {mask_url(broker)} "
+            f"is unreachable: {exc}") from exc
+
+
+def _ids(ids: Sequence[str]) -> str:
+    if not ids:
+        return "none"
+    if len(ids) <= 6:
+        return ", ".join(ids)
+    return f"{', '.join(ids[:3])}, ... {ids[-1]} ({len(ids)})"
