@@ -206,6 +206,30 @@ def devices(ctx: Context, testbed: Path | None, as_json: bool) -> None:
         print_device_rows(rows)
 
 
+@main.command()
+@click.argument("host")
+@click.argument("size", metavar="N", type=click.IntRange(min=1))
+@pass_ctx
+def scale(ctx: Context, host: str, size: int) -> None:
+    """Grow or shrink worker HOST's prefork pool to N children, live.
+
+    HOST is the worker's name (lab-a) or its full node name (lab-a@host).
+    Not for a worker started with --autoscale: change its range instead.
+    """
+    from labq.app import create_app
+    from labq.scaling import resolve_node, scale_pool
+
+    app = create_app(ctx.settings())
+    try:
+        change = scale_pool(app, resolve_node(app, host), size)
+    finally:
+        app.close()
+    click.echo(f"{change.node}: pool {change.before} -> {change.after}")
+    if change.after != size:
+        raise click.ClickException(f"{change.node} has {change.after} children, not {size} "
+                                   "(a shrink removes idle children only)")
+
+
 main.add_command(sim_command)
 
 
