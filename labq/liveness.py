@@ -6,10 +6,13 @@ run that finds the key of the worker running one of its tasks gone declares
 that worker dead (labq.run). Celery's own answer, the broker's visibility
 timeout, would leave the task unacknowledged for an hour.
 
-The worker fences itself in turn: once it has gone ``worker_ttl / 2``
+A run declares a worker dead once its key has been missing for another
+``worker_ttl / 2`` (``FENCE_AFTER`` below is shorter than both together).
+The worker fences itself in turn: once it has gone ``0.8 * worker_ttl``
 without a successful write, it kills its running tasks. A host cut off from
 Redis has so stopped touching its devices before any client can declare it
-dead and run its idempotent tasks again elsewhere.
+dead and run its idempotent tasks again elsewhere, while a Redis restart of
+a few seconds costs nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ import redis
 log = logging.getLogger(__name__)
 
 PREFIX = "labq:worker:"
+#: Fraction of the TTL without a successful heartbeat after which a worker
+#: kills its running tasks.
+FENCE_AFTER = 0.8
 
 
 def worker_key(hostname: str) -> str:
@@ -158,7 +164,7 @@ class Heartbeat:
             if self.beat() or self.fenced:
                 continue
             silent = time.monotonic() - self.last_ok
-            if silent >= self.ttl / 2:
+            if silent >= self.ttl * FENCE_AFTER:
                 self.fenced = True
                 try:
                     killed = self.fence()

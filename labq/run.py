@@ -35,6 +35,7 @@ from labq.errors import (
 from labq.outcome import Outcome, RemoteError, Status, outcome_from_meta
 from labq.progress import Progress
 from labq.publish import DEFAULT_CHUNK
+from labq.redis_client import connect, describe, retrying
 from labq.settings import Settings, mask_url
 from labq.task_base import (
     RUN_KWARG,
@@ -112,14 +113,15 @@ class Run:
         #: Task id that replaced each one run again after its worker died.
         self.reruns: dict[str, str] = {}
         self._next_liveness = 0.0
-        self.redis = redis.Redis.from_url(self.settings.backend_url, socket_timeout=10,
-                                          socket_connect_timeout=5)
+        self._missing_since: dict[str, float] = {}
+        self.redis = connect(self.settings.backend_url, self.settings, socket_timeout=10,
+                             socket_connect_timeout=5)
         try:
             self.redis.ping()
         except redis.RedisError as exc:
             raise BrokerUnavailable(
                 f"run {name!r}: Redis at {mask_url(self.settings.backend_url)} is unreachable "
-                f"({type(exc).__name__}: {exc}); is the stack up and LABQ_BROKER_URL right?"
+                f"({describe(exc, self.settings)}); is the stack up and LABQ_BROKER_URL right?"
             ) from exc
 
     # -- submitting -------------------------------------------------------
@@ -248,8 +250,10 @@ class Run:
             return []
         keys = [self.app.backend.get_key_for_task(t) for t in pending]
         try:
-            metas = self.redis.mget(keys)
-            starts = self.redis.hmget(starts_key(self.id), pending)
+            # A Redis restart is waited out, up to LABQ_REDIS_RETRY_TIMEOUT.
+            metas, starts = retrying(lambda: (self.redis.mget(keys),
+                                              self.redis.hmget(starts_key(self.id), pending)),
+                                     timeout=self.settings.redis_retry_timeout)
         except redis.RedisError as exc:
             raise BrokerUnavailable(
                 f"result backend {mask_url(self.settings.backend_url)}: {exc}") from exc
@@ -284,7 +288,16 @@ class Run:
             up = liveness.alive(self.redis, running.values())
         except redis.RedisError:
             return []  # Redis itself is away: nothing can be told about workers
-        dead = {t: w for t, w in running.items() if not up[w]}
+        # Missing twice, half a TTL apart: a heartbeat lost with a restarted
+        # Redis comes back within one beat, and must not cost its tasks.
+        for worker, ok in up.items():
+            if ok:
+                self._missing_since.pop(worker, None)
+            else:
+                self._missing_since.setdefault(worker, now)
+        confirm = self.settings.worker_ttl / 2
+        dead = {t: w for t, w in running.items()
+                if not up[w] and now - self._missing_since[w] >= confirm}
         if not dead:
             return []
         from labq.device_task import release_leases_of
@@ -305,7 +318,7 @@ class Run:
                 continue
             self._outcomes[task_id] = old.with_status(Status.LOST, finished_at=at, error=RemoteError(
                 "WorkerLost", f"worker {worker} stopped its heartbeat while running "
-                f"{old.task} (no sign of it for {self.settings.worker_ttl:g} s)", ""))
+                f"{old.task} (silent for over {self.settings.worker_ttl * 1.5:g} s)", ""))
             lost.append(self._outcomes[task_id])
         return lost
 

@@ -58,7 +58,7 @@ class Settings:
     result_expires: int = 86400
     #: A worker that has not written its heartbeat for this long is dead: its
     #: running tasks become lost (or run again, if idempotent). It fences
-    #: itself (kills its running tasks) after half of this without Redis.
+    #: itself (kills its running tasks) after 0.8 of this without Redis.
     worker_ttl: float = 10.0
     flower_address: str = "127.0.0.1"
     flower_port: int = 5555
@@ -68,6 +68,15 @@ class Settings:
     state_dir: Path = Path(".labq")
     #: Path of a redis-server binary; empty means PATH, then the wheel's.
     redis_server: str = ""
+    #: TLS for ``rediss://`` URLs (docs/redis.md): the CA bundle that signed
+    #: Redis's certificate (empty: the system's CAs), and this side's client
+    #: certificate and key when Redis asks for one (``tls-auth-clients``).
+    redis_tls_ca: str = ""
+    redis_tls_cert: str = ""
+    redis_tls_key: str = ""
+    #: Seconds a run keeps retrying its Redis reads while Redis is away (a
+    #: restart) before it gives up with BrokerUnavailable.
+    redis_retry_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -217,6 +226,11 @@ def _validate(s: Settings) -> None:
         raise bad("concurrency", "must be at least 1")
     if s.worker_ttl < 2:
         raise bad("worker_ttl", "must be at least 2 seconds (heartbeats go every ttl/5)")
+    if s.redis_retry_timeout < 0:
+        raise bad("redis_retry_timeout", "must be 0 or more seconds")
+    if bool(s.redis_tls_cert) != bool(s.redis_tls_key):
+        raise bad("redis_tls_cert" if s.redis_tls_key else "redis_tls_key",
+                  "LABQ_REDIS_TLS_CERT and LABQ_REDIS_TLS_KEY go together")
     if not 0 <= s.flower_port <= 65535:
         raise bad("flower_port", "must be a TCP port, 0 to 65535")
     if s.result_expires < 1:
