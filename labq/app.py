@@ -16,6 +16,7 @@ from celery import Celery
 from celery.apps.worker import Worker as CeleryWorker
 
 from labq.errors import ConfigError
+from labq.redis_client import tls_options, uses_tls
 from labq.routing import DeviceRouter
 from labq.settings import Settings
 
@@ -164,6 +165,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "redis_backend_health_check_interval": 10,
         "redis_socket_keepalive": True,
         "broker_connection_retry_on_startup": True,
+        # rediss://: verify Redis with LABQ_REDIS_TLS_* (kombu alone would not).
+        "broker_use_ssl": tls_options(settings) if uses_tls(settings.broker_url) else False,
+        "redis_backend_use_ssl": (tls_options(settings) if uses_tls(settings.backend_url)
+                                  else None),
         # JSON only: pickle from the broker would run code on the workers.
         "task_serializer": "json",
         "result_serializer": "json",

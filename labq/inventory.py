@@ -11,6 +11,7 @@ from rich.table import Table
 
 from labq.errors import BrokerUnavailable
 from labq.lease import Leases
+from labq.redis_client import connect
 from labq.settings import Settings, mask_url
 from labq.testbed import load_testbed
 
@@ -18,7 +19,7 @@ from labq.testbed import load_testbed
 def device_rows(settings: Settings) -> list[dict[str, Any]]:
     """One row per testbed device, plus any leased device the testbed lacks."""
     testbed = load_testbed(settings.testbed)
-    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
+    client = connect(settings.broker_url, settings, socket_timeout=5)
     try:
         state = {d.device: d for d in Leases(client).snapshot()}
     except redis.RedisError as exc:

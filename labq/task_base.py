@@ -26,6 +26,8 @@ from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from labq.errors import SoftTimeout, TaskCancelled
+from labq.redis_client import connect
+from labq.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +67,11 @@ def done_key(run_id: str) -> str:
 _redis: tuple[int, str, redis.Redis] | None = None
 
 
-def worker_redis(url: str) -> redis.Redis:
+def worker_redis(url: str, settings: Settings) -> redis.Redis:
     """One Redis client per process and URL, made again after a fork."""
     global _redis
     if _redis is None or _redis[0] != os.getpid() or _redis[1] != url:
-        _redis = (os.getpid(), url, redis.Redis.from_url(url, socket_timeout=10))
+        _redis = (os.getpid(), url, connect(url, settings, socket_timeout=10))
     return _redis[2]
 
 
@@ -146,7 +148,7 @@ class LabqTask(Task):  # type: ignore[misc]
         kwargs.pop(SCRIPT_KWARG, None)
         if run_id is None or getattr(self.request, "called_directly", True):
             return self.run(*args, **kwargs)
-        client = worker_redis(self.app.labq_settings.broker_url)
+        client = worker_redis(self.app.labq_settings.broker_url, self.app.labq_settings)
         task_id = self.request.id
         # Record the start, then check the cancel flag: a cancel sets the flag,
         # then reads the starts, so every task is either seen running (and
@@ -190,7 +192,8 @@ class LabqTask(Task):  # type: ignore[misc]
         if run_id is None or getattr(self.request, "called_directly", True):
             return
         try:
-            pipe = worker_redis(self.app.labq_settings.broker_url).pipeline(transaction=False)
+            settings = self.app.labq_settings
+            pipe = worker_redis(settings.broker_url, settings).pipeline(transaction=False)
             pipe.xadd(done_key(run_id), {"task_id": task_id, "status": status},
                       maxlen=DONE_STREAM_MAXLEN, approximate=True)
             pipe.expire(done_key(run_id), RUN_TTL)

@@ -1,0 +1,84 @@
+"""Redis clients made one way everywhere: TLS from the settings, bounded retries.
+
+A ``rediss://`` URL gets the CA, certificate and key named by
+``LABQ_REDIS_TLS_*``. Celery gets the same options as ``broker_use_ssl`` and
+``redis_backend_use_ssl`` (:func:`labq.app.celery_config`), so kombu, the
+result backend, Flower and labq's own clients all verify Redis alike.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+
+from labq.errors import ConfigError
+from labq.settings import ENV_PREFIX, Settings
+
+T = TypeVar("T")
+
+#: Seconds between tries while Redis is away (restarting, loading its AOF).
+RETRY_INTERVAL = 0.5
+
+
+def uses_tls(url: str) -> bool:
+    return url.startswith("rediss://")
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """The ``ssl_*`` options redis-py, kombu and Celery take, from ``settings``.
+
+    The server's certificate is always verified: against ``redis_tls_ca``,
+    else the system's CAs.
+    """
+    paths = {name: getattr(settings, name) for name in
+             ("redis_tls_ca", "redis_tls_cert", "redis_tls_key")}
+    for name, path in paths.items():
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()}", path, "no such file")
+    return {
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        "ssl_ca_certs": paths["redis_tls_ca"] or None,
+        "ssl_certfile": paths["redis_tls_cert"] or None,
+        "ssl_keyfile": paths["redis_tls_key"] or None,
+    }
+
+
+def connect(url: str, settings: Settings, **kwargs: Any) -> redis.Redis:
+    """``redis.Redis.from_url(url, **kwargs)``, with TLS options for ``rediss://``."""
+    if uses_tls(url):
+        kwargs = {**tls_options(settings), **kwargs}
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def describe(exc: BaseException, settings: Settings) -> str:
+    """``exc`` as one line, with a hint when the TLS handshake failed."""
+    text = f"{type(exc).__name__}: {exc}"
+    if "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text:
+        ca = settings.redis_tls_ca or "(empty: the system's CAs)"
+        text += (f"; TLS to Redis failed: LABQ_REDIS_TLS_CA={ca} must be the CA that signed "
+                 "Redis's certificate, and the URL's host must be named in that certificate")
+    return text
+
+
+def retrying(read: Callable[[], T], *, timeout: float,
+             sleep: Callable[[float], None] = time.sleep) -> T:
+    """``read()``, tried again for up to ``timeout`` seconds while Redis is
+    unreachable or still loading its data (a restart); then the last error.
+
+    Only for reads and idempotent writes: a command that failed mid-way may
+    have run.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return read()
+        except (redis.ConnectionError, redis.TimeoutError):
+            # BusyLoadingError (AOF being loaded) is a ConnectionError too.
+            if time.monotonic() >= deadline:
+                raise
+            sleep(RETRY_INTERVAL)
