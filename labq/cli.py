@@ -230,6 +230,22 @@ def scale(ctx: Context, host: str, size: int) -> None:
                                    "(a shrink removes idle children only)")
 
 
+@main.command()
+@_option("--broker", envvar="LABQ_BROKER_URL", default=None,
+         help="Redis URL of the lab.  [default: from settings]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
+@pass_ctx
+def status(ctx: Context, broker: str | None, as_json: bool) -> None:
+    """Workers, queue depths, running tasks and device leases, from Redis."""
+    from labq.status import collect, print_status
+
+    report = collect(ctx.settings(broker_url=broker))
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        print_status(report)
+
+
 main.add_command(sim_command)
 
 
