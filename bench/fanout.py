@@ -1,12 +1,17 @@
 """Fan-out: connect + ``show version`` on N simulated devices at total concurrency C.
 
-Two sides, alternated A B A B in one invocation, against the same simulated lab:
+Up to four sides, alternated (A B C D A B C D ...) in one invocation, against
+the same simulated lab (``--sides``; issue 3's run uses A and B):
 
 A. labq: ``labq.pcall(tasks.device.execute, device=[...])`` on the embedded
    stack (real Redis, two prefork workers of C/2 slots each, all devices on
    the default queue that both consume).
 B. local: ``multiprocessing.Pool(C)`` (fork context) running the same netmiko
    code, ``open_session`` + ``execute`` + ``close``, one device per call.
+C. celery: raw ``group(execute.s(device=...) ...).apply_async().get()`` with
+   the same app settings and workers as A, without ``labq.Run``.
+D. pcall: pyATS ``pcall`` of the same function as B, in waves of C calls
+   (pcall starts one process per call and has no concurrency limit).
 
 What is warm, and what each makespan counts:
 
@@ -36,10 +41,8 @@ import json
 import math
 import multiprocessing
 import os
-import shlex
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -48,7 +51,7 @@ from typing import Any
 
 import psutil
 
-from bench.common import busy_cpu, display, source_version
+from bench.common import busy_cpu, command_line, display, source_version, summary
 from bench.common import machine as common_machine
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -159,6 +162,48 @@ def run_labq(app: Any, names: Sequence[str], timeout: float) -> dict[str, Any]:
     }
 
 
+def run_celery(app: Any, names: Sequence[str], timeout: float) -> dict[str, Any]:
+    from celery import group
+
+    execute = app.tasks["tasks.device.execute"]
+    cpu0 = os.times()
+    t0 = time.perf_counter()
+    result = group(execute.s(device=n, command=COMMAND) for n in names).apply_async()
+    outputs = result.get(timeout=timeout)
+    makespan = time.perf_counter() - t0
+    cpu1 = os.times()
+    result.forget()
+    _check_outputs(names, outputs)
+    return {"makespan": makespan, "tasks": len(outputs),
+            "cpu": {"client": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)}}
+
+
+def run_pcall(names: Sequence[str], concurrency: int) -> dict[str, Any]:
+    from pyats.async_ import pcall
+
+    cpu0 = os.times()
+    t0 = time.perf_counter()
+    results: list[Any] = []
+    for start in range(0, len(names), concurrency):  # pcall has no concurrency limit
+        results += pcall(local_task, name=list(names[start:start + concurrency]))
+    makespan = time.perf_counter() - t0
+    cpu1 = os.times()
+    return {"makespan": makespan, "tasks": len(results),
+            "task_median": statistics.median(r[2] - r[1] for r in results),
+            "cpu": {"client": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
+                    "children": (cpu1.children_user - cpu0.children_user)
+                    + (cpu1.children_system - cpu0.children_system)}}
+
+
+def _check_outputs(names: Sequence[str], outputs: Sequence[Any]) -> None:
+    for name, out in zip(names, outputs, strict=True):
+        if f"{name} uptime is" not in str(out):
+            raise RuntimeError(f"{name}: unexpected output {str(out)[:200]!r}")
+
+
+SIDES = {"labq": "A", "pool": "B", "celery": "C", "pcall": "D"}
+
+
 # -- CPU accounting of the long-lived processes --------------------------------
 
 
@@ -230,23 +275,15 @@ def machine() -> dict[str, Any]:
     return common_machine(("celery", "kombu", "redis", "netmiko", "paramiko", "asyncssh"))
 
 
-def summary(values: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def print_table(rounds: list[dict[str, Any]], ideal: float) -> None:
-    head = (f"{'round':>5} {'side':<6} {'makespan s':>10} {'/ideal':>7} {'1st start':>9} "
-            f"{'last end':>9} {'tail':>6} {'task p50':>8} {'gap p50':>7} {'util':>5}  {'A/B':>5}")
+def print_table(rounds: list[dict[str, Any]], sides: Sequence[str], ideal: float) -> None:
+    head = f"{'round':>5} {'side':<7} {'makespan s':>10} {'/ideal':>7} {'/pool':>6}"
     print(head)
     print("-" * len(head))
     for r in rounds:
-        for side in ("A", "B"):
-            s = r[side]
-            ratio = f"{r['ratio']:5.3f}" if side == "B" else ""
-            print(f"{r['round']:>5} {side + (' labq' if side == 'A' else ' pool'):<6} "
-                  f"{s['makespan']:10.2f} {s['makespan'] / ideal:7.2f} {s['first_start']:9.2f} "
-                  f"{s['last_end']:9.2f} {s['tail']:6.2f} {s['task_median']:8.2f} {s['gap_median']:7.3f} "
-                  f"{s['utilisation']:5.2f}  {ratio:>5}")
+        for side in sides:
+            m = r["sides"][side]["makespan"]
+            print(f"{r['round']:>5} {side:<7} {m:10.2f} {m / ideal:7.2f} "
+                  f"{m / r['sides']['pool']['makespan']:6.3f}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -259,6 +296,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="measured A B pairs (3)")
     p.add_argument("--samples", type=int, default=10, help="serial samples for the per-task time (10)")
     p.add_argument("--timeout", type=float, default=300.0, help="pcall timeout per round (300)")
+    p.add_argument("--sides", default="labq,pool",
+                   help="comma-separated, from labq,pool,celery,pcall (labq,pool); "
+                        "ratios are to pool")
+    p.add_argument("--loglevel", default="INFO", help="the workers' --loglevel (INFO, as labq up)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 40 devices, C=8, 1 round, 3 samples")
     p.add_argument("--output", type=Path, default=None,
                    help="JSON file (bench/results/fanout.json, or fanout-latency<L>.json with --latency)")
     return p.parse_args(argv)
@@ -266,91 +309,89 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.quick:
+        args.devices, args.concurrency, args.rounds, args.samples = 40, 8, 1, 3
+    sides = [x.strip() for x in args.sides.split(",") if x.strip()]
+    unknown = set(sides) - set(SIDES)
+    if unknown or "pool" not in sides:
+        raise SystemExit(f"--sides: unknown {sorted(unknown)} or no pool (ratios are to pool)")
     if args.concurrency < 2 or args.concurrency % 2:
         raise SystemExit("--concurrency must be even: it is split over two workers")
     global _TESTBED
-    import labq
-    from labq.app import create_app
-    from labq.sim.process import SimProcess
-    from labq.sim.testbeds import make_testbed
-    from labq.stack import Stack, WorkerSpec
-    from labq.testbed import load_testbed
+    from bench.common import BenchLab
 
     started = time.perf_counter()
     n, c = args.devices, args.concurrency
-    output = args.output or RESULTS_DIR / (
-        "fanout.json" if not args.latency else f"fanout-latency{args.latency:g}.json")
-    python = getattr(sys, "orig_argv", [sys.executable])[0]
-    command = shlex.join([python, "-m", "bench.fanout", *(sys.argv[1:] if argv is None else argv)])
+    name = "fanout" + (f"-latency{args.latency:g}" if args.latency else "") + (
+        "-quick" if args.quick else "")
+    output = args.output or RESULTS_DIR / f"{name}.json"
+    command = command_line("bench.fanout", argv)
     facts = machine()
     load_start = os.getloadavg()
-    print(f"fan-out: N={n} devices, C={c}, latency={args.latency:g} s, rounds={args.rounds}; "
-          f"nproc={facts['nproc']}, memory={facts['memory_total_gib']} GiB", flush=True)
+    print(f"fan-out: N={n} devices, C={c}, latency={args.latency:g} s, sides={sides}, "
+          f"rounds={args.rounds}; nproc={facts['nproc']}, memory={facts['memory_total_gib']} GiB",
+          flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="labq-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        testbed_path = make_testbed(tmp, n, latency=args.latency, name="bench-fanout")
-        names = [f"r{i + 1}" for i in range(n)]
-        _TESTBED = load_testbed(testbed_path)
-        settings = labq.Settings.load(env={}, config_file=os.devnull, testbed=testbed_path,
-                                      state_dir=tmp / "stack", concurrency=c // 2, flower_port=0)
-        with SimProcess(testbed_path, state_dir=tmp / "sim") as sim:
-            t1_samples = serial_task_time(_TESTBED, names[0], args.samples)
-            t1 = statistics.median(t1_samples)
-            ideal = math.ceil(n / c) * t1
-            print(f"per-task time t1 = {t1:.3f} s (median of {args.samples}, serial, {names[0]}); "
-                  f"ideal = ceil({n}/{c}) x t1 = {ideal:.2f} s", flush=True)
+    t_stack = time.perf_counter()
+    with BenchLab(n, latency=args.latency, workers=[c // 2, c // 2], name="bench-fanout",
+                  loglevel=args.loglevel) as lab:
+        stack_start = time.perf_counter() - t_stack
+        names = lab.names
+        _TESTBED = lab.testbed
+        t1_samples = serial_task_time(_TESTBED, names[0], args.samples)
+        t1 = statistics.median(t1_samples)
+        ideal = math.ceil(n / c) * t1
+        print(f"per-task time t1 = {t1:.3f} s (median of {args.samples}, serial, {names[0]}); "
+              f"ideal = ceil({n}/{c}) x t1 = {ideal:.2f} s", flush=True)
+        runners = {
+            "labq": lambda: run_labq(lab.app, names, args.timeout),
+            "pool": lambda: run_local(names, c),
+            "celery": lambda: run_celery(lab.app, names, args.timeout),
+            "pcall": lambda: run_pcall(names, c),
+        }
+        print(f"stack up in {stack_start:.1f} s; warming up every side", flush=True)
+        warm = {side: runners[side]()["makespan"] for side in sides}
+        print("warm-up: " + ", ".join(f"{k} {v:.2f} s" for k, v in warm.items()), flush=True)
+        rounds = []
+        for i in range(args.rounds):
+            measured_sides = {side: measured(runners[side], lab.stack, lab.sim) for side in sides}
+            for res in measured_sides.values():
+                if "busy" in res:
+                    res["utilisation"] = res["busy"] / (c * res["makespan"])
+            pool = measured_sides["pool"]["makespan"]
+            ratios = {side: res["makespan"] / pool for side, res in measured_sides.items()}
+            rounds.append({"round": i + 1, "sides": measured_sides, "ratios": ratios})
+            print(f"round {i + 1}: " + ", ".join(
+                f"{side} {measured_sides[side]['makespan']:.2f} s ({ratios[side]:.3f})"
+                for side in sides), flush=True)
 
-            stack = Stack(settings, workers=(WorkerSpec("lab-a", ("lab-a",), concurrency=c // 2),
-                                             WorkerSpec("lab-b", ("lab-b",), concurrency=c // 2)),
-                          with_flower=False, with_sim=False)
-            t_stack = time.perf_counter()
-            with stack:
-                stack_start = time.perf_counter() - t_stack
-                app = create_app(stack.settings)
-                try:
-                    print(f"stack up in {stack_start:.1f} s; warming up both sides", flush=True)
-                    warm_a = run_labq(app, names, args.timeout)
-                    warm_b = run_local(names, c)
-                    print(f"warm-up: A {warm_a['makespan']:.2f} s, B {warm_b['makespan']:.2f} s",
-                          flush=True)
-                    rounds = []
-                    for i in range(args.rounds):
-                        a = measured(lambda: run_labq(app, names, args.timeout), stack, sim)
-                        b = measured(lambda: run_local(names, c), stack, sim)
-                        for side in (a, b):
-                            side["utilisation"] = side["busy"] / (c * side["makespan"])
-                        rounds.append({"round": i + 1, "A": a, "B": b,
-                                       "ratio": a["makespan"] / b["makespan"]})
-                        print(f"round {i + 1}: A {a['makespan']:.2f} s (all {n} submitted at "
-                              f"{a['submitted']:.2f} s), B {b['makespan']:.2f} s, "
-                              f"A/B {a['makespan'] / b['makespan']:.3f}", flush=True)
-                finally:
-                    app.close()
-
-    ratios = [r["ratio"] for r in rounds]
+    per_side = {side: {
+        "makespan": summary([r["sides"][side]["makespan"] for r in rounds]),
+        "over_ideal": summary([r["sides"][side]["makespan"] / ideal for r in rounds]),
+        "over_pool": summary([r["ratios"][side] for r in rounds]),
+    } for side in sides}
+    labq_ratio = per_side["labq"]["over_pool"] if "labq" in sides else None
     result = {
-        "benchmark": "fanout",
+        "benchmark": name,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
+        "quick": args.quick,
         "machine": facts,
         "source": source_version(),
         "params": {"devices": n, "concurrency": c, "workers": [c // 2, c // 2],
                    "latency": args.latency, "rounds": args.rounds, "samples": args.samples,
-                   "command": COMMAND, "poll_interval": _poll_interval()},
+                   "command": COMMAND, "sides": sides, "worker_loglevel": args.loglevel,
+                   "change_wait": _change_wait()},
         "per_task": {"median": t1, "samples": t1_samples},
         "ideal": ideal,
         "stack_start": stack_start,
-        "warmup": {"A": warm_a["makespan"], "B": warm_b["makespan"]},
+        "warmup": warm,
         "rounds": rounds,
         "summary": {
-            "ratio": summary(ratios),
-            "A_makespan": summary([r["A"]["makespan"] for r in rounds]),
-            "B_makespan": summary([r["B"]["makespan"] for r in rounds]),
-            "A_over_ideal": summary([r["A"]["makespan"] / ideal for r in rounds]),
-            "B_over_ideal": summary([r["B"]["makespan"] / ideal for r in rounds]),
+            "sides": per_side,
+            "ratio": labq_ratio,
             "target": 1.10,
-            "meets_target": statistics.median(ratios) <= 1.10,
+            "meets_target": labq_ratio is not None and labq_ratio["median"] <= 1.10,
         },
         "elapsed": time.perf_counter() - started,
         "loadavg": {"start": list(load_start), "end": list(os.getloadavg())},
@@ -359,39 +400,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     output.write_text(json.dumps(result, indent=2) + "\n")
 
     print()
-    print_table(rounds, ideal)
-    s = result["summary"]
+    print_table(rounds, sides, ideal)
     print()
     print(f"ideal ceil({n}/{c}) x {t1:.3f} s = {ideal:.2f} s")
-    print(f"A labq  makespan median {s['A_makespan']['median']:.2f} s "
-          f"({s['A_over_ideal']['median']:.2f} x ideal)")
-    print(f"B pool  makespan median {s['B_makespan']['median']:.2f} s "
-          f"({s['B_over_ideal']['median']:.2f} x ideal)")
-    print(f"A/B ratio median {s['ratio']['median']:.3f} (min {s['ratio']['min']:.3f}, "
-          f"max {s['ratio']['max']:.3f}); target <= 1.10: "
-          f"{'met' if s['meets_target'] else 'MISSED'}")
-    cpu_a = _mean_cpu(rounds, "A")
-    cpu_b = _mean_cpu(rounds, "B")
-    print("CPU s per round, A: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu_a.items()))
-    print("CPU s per round, B: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu_b.items()))
-    other = max(cpu_a["other"], cpu_b["other"])
-    ours = sum(v for k, v in cpu_b.items() if k not in ("other", "steal"))
-    if other > 0.1 * ours:
-        print(f"warning: other processes on this host used up to {other:.1f} CPU s per measured run; "
-              "the figures are noisy (see cpu.other in the JSON)")
+    for side in sides:
+        ps = per_side[side]
+        print(f"{side:7} makespan median {ps['makespan']['median']:.2f} s "
+              f"({ps['over_ideal']['median']:.2f} x ideal), / pool median "
+              f"{ps['over_pool']['median']:.3f} (min {ps['over_pool']['min']:.3f}, "
+              f"max {ps['over_pool']['max']:.3f})")
+    if labq_ratio:
+        print(f"labq / pool target <= 1.10: {'met' if result['summary']['meets_target'] else 'MISSED'}")
+    others = [r["sides"][s]["cpu"].get("other", 0.0) for r in rounds for s in sides]
+    if others and max(others) > 2.0:
+        print(f"warning: other processes on this host used up to {max(others):.1f} CPU s in one "
+              "measured run; the figures are noisy (see cpu.other in the JSON)")
     print(f"wrote {display(output)} in {result['elapsed']:.0f} s; reproduce with: {command}")
     return 0
 
 
-def _mean_cpu(rounds: list[dict[str, Any]], side: str) -> dict[str, float]:
-    keys = rounds[0][side]["cpu"].keys()
-    return {k: statistics.mean(r[side]["cpu"][k] for r in rounds) for k in keys}
-
-
-def _poll_interval() -> float:
+def _change_wait() -> float:
     from labq import run
 
-    return float(run.POLL_INTERVAL)
+    return float(run.CHANGE_WAIT)
 
 
 if __name__ == "__main__":

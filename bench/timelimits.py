@@ -539,9 +539,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--hard", type=float, default=1.0, help="hard limit of spawn_sleepers, s (1.0)")
     p.add_argument("--lease-hard", type=float, default=1.5,
                    help="hard limit of hold_device; leaves room to connect, s (1.5)")
-    p.add_argument("--output", type=Path, default=RESULTS_DIR / "timelimits.json",
+    p.add_argument("--output", type=Path, default=None,
                    help="JSON file (bench/results/timelimits.json)")
-    return p.parse_args(argv)
+    p.add_argument("--quick", action="store_true", help="smoke run: 5 trials per phase")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.trials = 5
+    if args.output is None:
+        args.output = RESULTS_DIR / ("timelimits-quick.json" if args.quick else "timelimits.json")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,127 @@
+"""Framework overhead: N no-op tasks (``tasks.diag.echo``), labq against raw Celery.
+
+A. labq: ``Run.submit_many(echo, ...)`` then ``Run.wait()``.
+B. raw Celery: ``group(echo.s(i) ...).apply_async()`` then ``.get()``.
+
+Both on the same workers (same app settings: late acks, prefetch 1, events,
+``task_track_started``), alternated A B A B. Each side's time runs from the
+first publish to the last result in the client. Throughput = N / time.
+
+Run from the repository root: ``.venv/bin/python -m bench.overhead [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from bench.common import (
+    BenchLab,
+    command_line,
+    cpu_delta,
+    machine,
+    own_cpu,
+    summary,
+    write_result,
+)
+
+PACKAGES = ("celery", "kombu", "redis")
+
+
+def run_labq(lab: BenchLab, n: int) -> dict[str, Any]:
+    import labq
+    from tasks.diag import echo
+
+    t0 = time.perf_counter()
+    run = labq.Run("overhead", app=lab.app, progress=False, logs=False)
+    try:
+        run.submit_many(echo, [{"value": i} for i in range(n)])
+        submitted = time.perf_counter() - t0
+        outcomes = run.wait(timeout=600)
+    finally:
+        run.close()
+    elapsed = time.perf_counter() - t0
+    values = [o.value for o in outcomes]
+    if values != list(range(n)):
+        raise RuntimeError("labq: results missing or out of order")
+    return {"seconds": elapsed, "submitted": submitted, "tasks_per_s": n / elapsed}
+
+
+def run_celery(lab: BenchLab, n: int) -> dict[str, Any]:
+    from celery import group
+
+    echo = lab.app.tasks["tasks.diag.echo"]
+    t0 = time.perf_counter()
+    result = group(echo.s(i) for i in range(n)).apply_async()
+    submitted = time.perf_counter() - t0
+    values = result.get(timeout=600)
+    elapsed = time.perf_counter() - t0
+    result.forget()
+    if values != list(range(n)):
+        raise RuntimeError("celery: results missing or out of order")
+    return {"seconds": elapsed, "submitted": submitted, "tasks_per_s": n / elapsed}
+
+
+def measured(lab: BenchLab, fn: Any, n: int) -> dict[str, Any]:
+    before, mine = lab.cpu(), own_cpu()
+    result: dict[str, Any] = fn(lab, n)
+    result["cpu"] = {"client": own_cpu() - mine, **cpu_delta(before, lab.cpu())}
+    return result
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0])
+    p.add_argument("--tasks", "-n", type=int, default=5000, help="no-op tasks per side (5000)")
+    p.add_argument("--workers", type=int, nargs="+", default=[4, 4],
+                   help="prefork slots of each worker (4 4)")
+    p.add_argument("--rounds", type=int, default=3, help="measured A B pairs (3)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 300 tasks, 1 round")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.quick:
+        args.tasks, args.rounds = 300, 1
+    command = command_line("bench.overhead", argv)
+    n = args.tasks
+    print(f"overhead: {n} no-op tasks, workers {args.workers}, rounds={args.rounds}", flush=True)
+    with BenchLab(0, workers=args.workers, name="bench-overhead") as lab:
+        run_labq(lab, min(n, 500))  # warm-up: imports, connections, first forks' pages
+        run_celery(lab, min(n, 500))
+        rounds = []
+        for i in range(args.rounds):
+            a = measured(lab, run_labq, n)
+            b = measured(lab, run_celery, n)
+            ratio = a["tasks_per_s"] / b["tasks_per_s"]
+            rounds.append({"round": i + 1, "A": a, "B": b, "ratio": ratio})
+            print(f"round {i + 1}: labq {a['tasks_per_s']:.0f} tasks/s, celery "
+                  f"{b['tasks_per_s']:.0f} tasks/s, ratio {ratio:.3f}", flush=True)
+    ratios = [r["ratio"] for r in rounds]
+    result = {
+        "command": command, "machine": machine(PACKAGES), "quick": args.quick,
+        "params": {"tasks": n, "workers": args.workers, "rounds": args.rounds,
+                   "task": "tasks.diag.echo"},
+        "rounds": rounds,
+        "summary": {
+            "A_tasks_per_s": summary([r["A"]["tasks_per_s"] for r in rounds]),
+            "B_tasks_per_s": summary([r["B"]["tasks_per_s"] for r in rounds]),
+            "ratio": summary(ratios), "target": 0.90,
+            "meets_target": statistics.median(ratios) >= 0.90,
+        },
+    }
+    write_result("overhead" + ("-quick" if args.quick else ""), result)
+    s = result["summary"]
+    print(f"labq / celery throughput ratio: median {s['ratio']['median']:.3f} "
+          f"(min {s['ratio']['min']:.3f}, max {s['ratio']['max']:.3f}); target >= 0.90: "
+          f"{'met' if s['meets_target'] else 'MISSED'}")
+    print(f"reproduce with: {command}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
