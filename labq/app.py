@@ -63,7 +63,8 @@ class PreforkOnlyWorker(CeleryWorker):  # type: ignore[misc]
             settings: Settings = self.app.labq_settings
             self._labq_heartbeat = Heartbeat(
                 settings.broker_url, self.hostname, settings.worker_ttl,
-                info=self._labq_beat_info, fence=_fence_running_tasks).start()
+                info=self._labq_beat_info, fence=_fence_running_tasks,
+                settings=settings).start()
 
     def _labq_beat_info(self) -> dict[str, Any]:
         from celery.worker import state

@@ -28,6 +28,9 @@ from typing import Any
 
 import redis
 
+from labq.redis_client import connect
+from labq.settings import Settings
+
 log = logging.getLogger(__name__)
 
 PREFIX = "labq:worker:"
@@ -101,15 +104,16 @@ class Heartbeat:
     """
 
     def __init__(self, url: str, hostname: str, ttl: float, *,
-                 info: Callable[[], dict[str, Any]], fence: Callable[[], int]) -> None:
+                 info: Callable[[], dict[str, Any]], fence: Callable[[], int],
+                 settings: Settings | None = None) -> None:
         self.hostname = hostname
         self.ttl = ttl
         self.interval = ttl / 5
         self.info = info
         self.fence = fence
         # Short timeouts: a write blocked on a dead link must not delay the fence.
-        self.client = redis.Redis.from_url(url, socket_timeout=self.interval,
-                                           socket_connect_timeout=self.interval)
+        self.client = connect(url, settings or Settings(), socket_timeout=self.interval,
+                              socket_connect_timeout=self.interval)
         self.started_at = time.time()
         self.last_ok = time.monotonic()
         self.fenced = False
