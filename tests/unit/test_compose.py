@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import yaml
 
 from conftest import need
 from labq.settings import Settings
+from labq.testbed import load_testbed
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -76,12 +78,18 @@ def test_flower_has_basic_auth_on_loopback(services: dict[str, Any]) -> None:
     assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
-def test_worker_scales_and_stops_gracefully(services: dict[str, Any]) -> None:
-    worker = services["worker"]
-    # `--scale worker=N` needs no fixed container name and no host ports.
+#: The lab segments of the simulated lab, one worker service each.
+LAB_HOSTS = ("lab-a", "lab-b")
+
+
+@pytest.mark.parametrize("service", LAB_HOSTS)
+def test_lab_host_serves_its_queue_scales_and_stops_gracefully(
+        services: dict[str, Any], service: str) -> None:
+    worker = services[service]
+    # `--scale lab-a=N` needs no fixed container name and no host ports.
     assert "container_name" not in worker
     assert "ports" not in worker
-    assert worker["command"][:2] == ["labq", "worker"]
+    assert worker["command"] == ["labq", "worker", "--queues", service]
     assert worker["init"] is True
     env = worker["environment"]
     assert f":{PASSWORDS['LABQ_REDIS_PASSWORD']}@redis:6379/" in env["LABQ_BROKER_URL"]
@@ -92,8 +100,43 @@ def test_worker_scales_and_stops_gracefully(services: dict[str, Any]) -> None:
     assert seconds(worker["stop_grace_period"]) > float(env["LABQ_SHUTDOWN_TIMEOUT"])
 
 
+def test_every_queue_of_the_testbed_has_a_lab_host(services: dict[str, Any]) -> None:
+    testbed = load_testbed(ROOT / "config" / "testbed.yaml")
+    queues = {d.queue for d in testbed.devices.values()} - {None}
+    served = {s["command"][3] for s in services.values() if s["command"][:2] == ["labq", "worker"]}
+    assert queues == served == set(LAB_HOSTS)
+
+
 def test_sim_service_runs_the_simulated_lab(services: dict[str, Any]) -> None:
-    assert services["sim"]["command"][:2] == ["labq", "sim"]
+    sim = services["sim"]
+    assert sim["command"][:2] == ["labq", "sim"]
+    # The sim listens where the workers connect: the same rewritten testbed.
+    for name in LAB_HOSTS:
+        assert services[name]["entrypoint"] == sim["entrypoint"]
+        assert services[name]["environment"]["LABQ_TESTBED"] == sim["environment"]["LABQ_TESTBED"]
+
+
+def test_sim_testbed_puts_every_device_on_the_sim_service(
+        services: dict[str, Any], tmp_path: Path) -> None:
+    """Run the services' entrypoint here, with a command that prints the testbed it made."""
+    sim = services["sim"]
+    # `docker-compose config` prints `$` escaped as `$$`; the container sees `$`.
+    script = sim["entrypoint"][2].replace("$$", "$").replace("/app/", f"{ROOT}/")
+    made = tmp_path / "testbed.yaml"
+    result = subprocess.run(
+        [*sim["entrypoint"][:2], script, "sh", sys.executable, "-c",
+         "import os; print(os.environ['LABQ_TESTBED'])"],
+        env={**os.environ, "LABQ_TESTBED": str(made)},
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(made)  # the command ran, with the environment
+    original = load_testbed(ROOT / "config" / "testbed.yaml")
+    rewritten = load_testbed(made)
+    assert set(rewritten.devices) == set(original.devices)
+    for name, device in rewritten.devices.items():
+        assert device.connection.ip == "sim", name
+        assert device.connection.port == original.devices[name].connection.port
+        assert device.queue == original.devices[name].queue
 
 
 @pytest.mark.parametrize("missing", sorted(PASSWORDS))
