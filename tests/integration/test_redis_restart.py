@@ -1,0 +1,96 @@
+"""Redis restarted in the middle of a run (SIGTERM, then started again on the
+same data directory and port, its append-only file replayed).
+
+Queued tasks survive, the workers reconnect and go on consuming (celery#8030:
+a worker that reconnects but never consumes again), and the run itself
+waits the outage out (LABQ_REDIS_RETRY_TIMEOUT) instead of failing. Tasks
+that were running when Redis went away are cancelled by Celery
+(worker_cancel_long_running_tasks_on_connection_loss): they could not be
+acknowledged, so they end ``cancelled`` at once rather than run a second time
+when the visibility timeout hands their message out again.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import redis
+
+import labq
+from conftest import stack_settings
+from labq.redis_server import RedisServer
+from labq.stack import Stack, WorkerSpec, node_name
+from labq.task_base import starts_key
+from tasks import diag
+
+
+@pytest.fixture()
+def lab(tmp_path: Path) -> Iterator[Stack]:
+    """Two workers with two slots each on their own Redis (AOF on)."""
+    settings = stack_settings(tmp_path, concurrency=2)
+    workers = (WorkerSpec("w1", ("labq",)), WorkerSpec("w2", ("labq",)))
+    s = Stack(settings, workers=workers, with_flower=False, with_sim=False).start()
+    yield s
+    s.stop()
+
+
+def restart_redis(lab: Stack, after_starts: int, run_id: str, down: float,
+                  record: dict[str, datetime]) -> None:
+    """Once ``after_starts`` tasks of the run have started: SIGTERM Redis,
+    wait ``down`` seconds, start it again on the same data dir and port."""
+    old = lab.redis
+    assert old is not None and old.process is not None
+    probe = redis.Redis.from_url(old.url, socket_timeout=5)
+    deadline = time.monotonic() + 60
+    while probe.hlen(starts_key(run_id)) < after_starts and time.monotonic() < deadline:
+        time.sleep(0.05)
+    probe.close()
+    record["term"] = datetime.now(timezone.utc)
+    old.process.send_signal(signal.SIGTERM)
+    old.process.wait(timeout=30)
+    time.sleep(down)
+    lab.redis = RedisServer(data_dir=old.data_dir, port=old.port, password=old.password,
+                            binary=old.binary).start()
+    record["back"] = datetime.now(timezone.utc)
+
+
+def test_queued_tasks_survive_a_redis_restart(lab: Stack) -> None:
+    settings = lab.settings
+    record: dict[str, datetime] = {}
+    with labq.Run("restart", settings=settings, progress=False, logs=False) as run:
+        ids = run.submit_many(diag.sleep, [{"seconds": 1.5}] * 16)
+        restarter = threading.Thread(target=restart_redis, args=(lab, 4, run.id, 3.0, record))
+        restarter.start()
+        try:
+            outcomes = run.wait(timeout=180)
+        finally:
+            restarter.join()
+    assert "back" in record, "Redis was not restarted"
+    assert len(outcomes) == len(ids)
+    assert all(o.status.final for o in outcomes), outcomes
+    # Running when Redis went away: ended (cancelled, or done just before).
+    # Not yet started: every one ran after the restart and succeeded.
+    queued = [o for o in outcomes if o.started_at is None or o.started_at > record["term"]]
+    assert len(queued) >= 8, f"only {len(queued)} tasks were still queued at the SIGTERM"
+    assert [o.status for o in queued] == [labq.Status.SUCCEEDED] * len(queued), queued
+    assert all(o.started_at and o.started_at >= record["back"] for o in queued
+               if o.status is labq.Status.SUCCEEDED)
+    for o in outcomes:
+        assert o.status in (labq.Status.SUCCEEDED, labq.Status.CANCELLED), o
+    assert {o.worker for o in queued} == {node_name("w1"), node_name("w2")}
+
+    # Both workers go on consuming new work, and nothing waits for a late redelivery.
+    with labq.Run("after", settings=settings, progress=False, logs=False) as after:
+        after.submit_many(diag.sleep, [{"seconds": 0.5}] * 8)
+    assert [o.status for o in after.outcomes] == [labq.Status.SUCCEEDED] * 8
+    assert {o.worker for o in after.outcomes} == {node_name("w1"), node_name("w2")}
+    client = redis.Redis.from_url(settings.broker_url)
+    assert client.config_get("appendonly") == {"appendonly": "yes"}
+    assert client.hlen("unacked") == 0
+    client.close()
