@@ -20,11 +20,11 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from rich.console import Console, Group
@@ -99,6 +99,8 @@ class LabStatus:
     queues: list[QueueDepth] = field(default_factory=list)
     tasks: list[TaskRow] = field(default_factory=list)
     leases: list[DeviceLeases] = field(default_factory=list)
+    #: Sections left out, and why (a Redis ACL user that may not read them).
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         at = self.at
@@ -111,6 +113,7 @@ class LabStatus:
             "tasks": [{**asdict(t), "state": t.state.value, "age": round(at - t.since, 3)}
                       for t in self.tasks],
             "leases": [asdict(d) for d in self.leases],
+            "notes": list(self.notes),
         }
 
 
@@ -126,18 +129,37 @@ def _redis(url: str) -> Iterator[redis.Redis]:
         client.close()
 
 
+T = TypeVar("T")
+
+
+def _readable(section: str, notes: list[str], read: Callable[[], list[T]]) -> list[T]:
+    """``read()``, or nothing and a note when the Redis user may not read it."""
+    try:
+        return read()
+    except redis.exceptions.NoPermissionError as exc:
+        notes.append(f"{section} not shown: this Redis user may not read them ({exc})")
+        return []
+
+
 def collect(settings: Settings) -> LabStatus:
-    """Read workers, queues, unacknowledged tasks and leases from Redis."""
+    """Read workers, queues, unacknowledged tasks and leases from Redis.
+
+    A section the Redis user's ACL forbids is left out with a note; any
+    other Redis error raises :class:`BrokerUnavailable` naming the masked URL.
+    """
+    notes: list[str] = []
     with _redis(settings.broker_url) as client:
-        workers = sorted(read_workers(client), key=lambda w: (w.host, w.hostname))
-        queues = queue_depths(client, _queue_names(client, workers, settings.default_queue),
-                              workers)
-        tasks = _unacked_tasks(client)
-        leases = Leases(client).snapshot()
+        workers = sorted(_readable("workers", notes, lambda: read_workers(client)),
+                         key=lambda w: (w.host, w.hostname))
+        queues = _readable("queues", notes, lambda: queue_depths(
+            client, _queue_names(client, workers, settings.default_queue), workers))
+        tasks = _readable("tasks", notes, lambda: _unacked_tasks(client))
+        leases = _readable("device leases", notes, lambda: Leases(client).snapshot())
     if tasks:
-        tasks = _settle(tasks, client_url=settings.backend_url, workers=workers)
+        tasks = _readable("tasks", notes, lambda: _settle(
+            tasks, client_url=settings.backend_url, workers=workers))
     return LabStatus(broker=mask_url(settings.broker_url), at=time.time(), workers=workers,
-                     queues=queues, tasks=tasks, leases=leases)
+                     queues=queues, tasks=tasks, leases=leases, notes=notes)
 
 
 def _queue_names(client: redis.Redis, workers: Iterable[WorkerBeat],
@@ -327,8 +349,9 @@ def render(status: LabStatus) -> Group:
         waiters = ", ".join(f"{w.position}:{w.holder[:8]} ({_age(at - w.since)})"
                             for w in d.waiters) or "-"
         leases.add_row(d.device, holders, waiters)
+    notes = [Text(n, style="yellow") for n in status.notes]
     return Group(_more(workers, len(status.workers)), _more(queues, len(status.queues)),
-                 _more(tasks, len(status.tasks)), _more(leases, len(status.leases)))
+                 _more(tasks, len(status.tasks)), _more(leases, len(status.leases)), *notes)
 
 
 def print_status(status: LabStatus, console: Console | None = None) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from labq.redis_server import free_port
 from labq.stack import Stack
 from tasks.device import execute
 
+ROOT = Path(__file__).resolve().parents[2]
 #: A queue no worker consumes, so a message there stays put.
 IDLE_QUEUE = "status-idle"
 
@@ -141,3 +143,27 @@ def test_unreachable_redis_is_one_error_line_with_the_password_masked() -> None:
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("labq: error: Redis at redis://:****@127.0.0.1:")
     assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_status_as_the_client_acl_user_leaves_out_what_it_may_not_read(
+        stack: Stack, client: redis.Redis) -> None:
+    """The testscripts' Redis user (config/users.acl) gets a status, with a note
+    for any section its ACL forbids instead of an error."""
+    acl = (ROOT / "config" / "users.acl").read_text().splitlines()
+    [rules] = [line.split()[2:] for line in acl if line.startswith("user client ")]
+    rules = [">status-pw" if r.startswith(">") else r for r in rules]
+    assert stack.redis is not None
+    client.execute_command("ACL", "SETUSER", "status-client", *rules)
+    try:
+        url = f"redis://status-client:status-pw@{stack.redis.host}:{stack.redis.port}/0"
+        clean = {k: None for k in os.environ if k.startswith("LABQ_")}
+        result = CliRunner().invoke(cli.main, ["status", "--json", "--broker", url],
+                                    env=clean, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.output)
+        assert set(stack.node_names) <= {w["hostname"] for w in doc["workers"]}
+        left_out = {note.split(" not shown")[0] for note in doc["notes"]}
+        assert left_out <= {"workers", "queues", "tasks", "device leases"}
+        assert "workers" not in left_out
+    finally:
+        client.execute_command("ACL", "DELUSER", "status-client")
