@@ -51,7 +51,8 @@ new_ns() {
   ip netns add "$1"
   in_ns "$1" ip link set lo up
   # A lab host must not route between the core and its segment.
-  in_ns "$1" sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.disable_ipv6=1
+  # (through /proc, not sysctl: a slim CI image may lack procps)
+  in_ns "$1" sh -c 'echo 0 >/proc/sys/net/ipv4/ip_forward; echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6 2>/dev/null || true'
 }
 
 # veth NS IFACE ADDR/LEN BRIDGE PORT: IFACE in NS, its peer PORT on BRIDGE in the switch.
@@ -238,7 +239,7 @@ status() {
     ip -n "$ns" -br addr show | grep -v '^lo ' || true
     local pids
     pids=$(ip netns pids "$ns" | tr '\n' ',')
-    if [[ -n $pids ]]; then ps -o pid=,args= -p "${pids%,}" | cut -c1-120; fi
+    if [[ -n $pids ]] && command -v ps >/dev/null; then ps -o pid=,args= -p "${pids%,}" | cut -c1-120; fi
   done
   ip -br addr show "$PREFIX-root" 2>/dev/null || true
 }

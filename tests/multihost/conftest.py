@@ -213,6 +213,19 @@ class NetLab:
         assert self.settings is not None
         return self.settings.replace(**changes) if changes else self.settings
 
+    def reconfigure(self, **changes: Any) -> None:
+        """Change the lab's settings (``worker_ttl=3``, ...) and warm-restart every
+        running worker with them; clients get them from :meth:`settings_for_client`."""
+        assert self.settings is not None
+        self.settings = self.settings.replace(**changes)
+        hosts = [h for h in self.workers if self.running(h)]
+        for host in hosts:
+            self.stop_worker(host)
+        for host in hosts:
+            self.start_worker(host, wait=False)
+        for host in hosts:
+            self.wait_worker(host)
+
     def app(self) -> LabqCelery:
         """A client Celery app for the lab; close it after use."""
         return create_app(self.settings_for_client())
@@ -345,13 +358,20 @@ class NetLab:
 
 
 def _can_build() -> bool:
-    return os.geteuid() == 0 and shutil.which("ip") is not None
+    """Root, iproute2, and a kernel (or container) that lets us make a namespace."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return False
+    probe = f"{PREFIX}-probe"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode == 0
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return made
 
 
 @pytest.fixture(scope="session")
 def netlab_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetLab]:
     """The lab, built once per session; teardown fails if anything ``lq-`` is left."""
-    need(_can_build(), "multihost tests need root and iproute2's `ip` (network namespaces)")
+    need(_can_build(), "multihost tests need root, iproute2's `ip` and the right to "
+                       "create network namespaces (CAP_SYS_ADMIN)")
     lab = NetLab(tmp_path_factory.mktemp("netlab")).start()
     yield lab
     left = lab.stop()

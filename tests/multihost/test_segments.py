@@ -21,6 +21,11 @@ def test_a_device_is_reachable_only_from_the_hosts_of_its_segment(netlab: NetLab
 
 
 def test_a_lab_host_does_not_route_between_the_core_and_its_segment(netlab: NetLab) -> None:
+    for host in netlab.hosts:
+        forwarding = subprocess.run(["ip", "netns", "exec", f"{PREFIX}-{host}", "cat",
+                                     "/proc/sys/net/ipv4/ip_forward"],
+                                    capture_output=True, text=True, check=True).stdout
+        assert forwarding.strip() == "0", host
     # Even told to go through lab-a, the central host cannot reach segment a.
     topo = netlab.topology
     assert topo is not None
