@@ -2,11 +2,13 @@
 
 A. ``Run.submit`` in a loop (one ``send_task`` per task);
 B. ``Run.submit_many`` (``labq/publish.py``: validated first, then Redis
-   pipelines of 500 messages through kombu's publish batch);
+   pipelines of 500 messages through kombu's publish batch), with the
+   ``task-sent`` events labq's settings ask for;
+B'. the same with ``sent_events=False``;
 C. raw Celery ``echo.delay(i)`` in a loop, the naive reference.
 
 No worker runs, so publishing has the CPU to itself; the queue is emptied
-between sides. Alternated A B C A B C. Rate = N / seconds from the first call
+between sides. Alternated A B B' C A B B' C. Rate = N / seconds from the first call
 to the return of the last.
 
 Run from the repository root: ``.venv/bin/python -m bench.submit [--quick]``.
@@ -25,7 +27,7 @@ import redis
 
 from bench.common import BenchLab, command_line, machine, own_cpu, summary, write_result
 
-SIDES = ("submit", "submit_many", "delay")
+SIDES = ("submit", "submit_many", "submit_many_noevents", "delay")
 
 
 def run_side(lab: BenchLab, side: str, n: int) -> dict[str, Any]:
@@ -42,8 +44,9 @@ def run_side(lab: BenchLab, side: str, n: int) -> dict[str, Any]:
         if side == "submit":
             for i in range(n):
                 run.submit(echo, value=i)
-        elif side == "submit_many":
-            run.submit_many(echo, [{"value": i} for i in range(n)])
+        elif side.startswith("submit_many"):
+            run.submit_many(echo, [{"value": i} for i in range(n)],
+                            sent_events=side == "submit_many")
         else:
             task = lab.app.tasks["tasks.diag.echo"]
             for i in range(n):

@@ -159,7 +159,7 @@ class Run:
 
     def submit_many(self, task: Any, kwargs_list: Iterable[Mapping[str, Any]], *,
                     soft_time_limit: float | None = None, time_limit: float | None = None,
-                    chunk: int = DEFAULT_CHUNK) -> list[str]:
+                    chunk: int = DEFAULT_CHUNK, sent_events: bool = True) -> list[str]:
         """Queue ``task(**kwargs)`` for each mapping of ``kwargs_list``, in
         Redis pipelines of ``chunk`` messages; returns the task ids in order.
 
@@ -167,7 +167,9 @@ class Run:
         limits) before the first message is published, so one bad item queues
         nothing. If Redis fails part way, :class:`labq.errors.PartialSubmit`
         names the task ids that were queued (the run tracks those), the
-        uncertain ones and those never sent.
+        uncertain ones and those never sent. ``sent_events=False`` skips the
+        ``task-sent`` events (about a third of the client's CPU per task);
+        Flower then shows each task from the moment a worker receives it.
         """
         if self._cancelled:
             raise SubmitError(f"run {self.id!r} is cancelled; submit to a new run")
@@ -185,7 +187,7 @@ class Run:
             messages.append(publish.build(
                 self.app, name, (), body, task_id=str(uuid.uuid4()),
                 device=str(device) if device else None, default_queue=self.settings.default_queue,
-                soft_time_limit=soft, time_limit=hard))
+                soft_time_limit=soft, time_limit=hard, sent_event=sent_events))
         try:
             publish.publish(self.app, messages, chunk=chunk, broker=mask_url(self.settings.broker_url))
         except PartialSubmit as exc:
