@@ -110,7 +110,10 @@ def run_cli(args: list[str], env: dict[str, str],
 
 def exec_start(path: Path, instance: str) -> list[str]:
     [line] = unit(path)["Service.ExecStart"]
-    argv = shlex.split(line.replace("%I", instance).replace("%i", instance))
+    # %I is the unescaped instance: systemd turns `-` into `/` there, so
+    # labq-worker@lab-a would serve queue lab/a. Only %i is the name as written.
+    assert "%I" not in line
+    argv = shlex.split(line.replace("%i", instance))
     assert argv[0] == INSTALLED_LABQ
     return argv[1:]
 
