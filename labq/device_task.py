@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import redis
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -33,6 +32,7 @@ from labq.drivers import open_session
 from labq.errors import SoftTimeout, TimeLimitError
 from labq.killing import KillingRequest
 from labq.lease import Grant, Leases, Renewer
+from labq.redis_client import connect
 from labq.task_base import LabqTask
 from labq.testbed import Device, Testbed, load_testbed
 
@@ -72,7 +72,7 @@ def worker_context(app: Any) -> _WorkerContext:
     path = Path(app.labq_settings.testbed)
     key = (str(path), path.stat().st_mtime if path.exists() else 0.0)
     if _context is None or _context.pid != os.getpid():
-        client = redis.Redis.from_url(app.labq_settings.broker_url)
+        client = connect(app.labq_settings.broker_url, app.labq_settings)
         _context = _WorkerContext(os.getpid(), None, ("", 0.0), Leases(client))
     if _context.testbed is None or _context.testbed_key != key:
         _context.testbed = load_testbed(path)

@@ -283,7 +283,7 @@ def masked_url(client: redis.Redis) -> str:
 class Leases:
     """Device leases on one Redis; safe to share between threads."""
 
-    def __init__(self, client: redis.Redis, *, ttl: float = 30.0,
+    def __init__(self, client: redis.Redis, *, ttl: float = 15.0,
                  waiter_ttl: float = 15.0) -> None:
         self.client = client
         _ms("ttl", ttl), _ms("waiter_ttl", waiter_ttl)

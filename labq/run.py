@@ -10,6 +10,7 @@ a hard kill follows after a grace period.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -47,6 +48,8 @@ from labq.task_base import (
     log_key,
     starts_key,
 )
+
+log = logging.getLogger(__name__)
 
 #: Seconds between the soft interrupt of a cancel and the hard kill.
 DEFAULT_GRACE = 5.0
@@ -302,8 +305,6 @@ class Run:
                 if not up[w] and now - self._missing_since[w] >= confirm}
         if not dead:
             return []
-        from labq.device_task import release_leases_of
-
         pipe = self.redis.pipeline()
         for task_id, worker in dead.items():
             pipe.hset(fenced_key(self.id), task_id, worker)
@@ -312,7 +313,7 @@ class Run:
         lost = []
         at = datetime.now(timezone.utc)
         for task_id, worker in dead.items():
-            release_leases_of(self.app, task_id)  # the worker fenced itself or died
+            self._release_leases(task_id)
             old = self._outcomes[task_id]
             task = self.app.tasks.get(old.task)
             if getattr(task, "idempotent", False) and task_id not in self.reruns.values():
@@ -323,6 +324,16 @@ class Run:
                 f"{old.task} (silent for over {self.settings.worker_ttl * 1.5:g} s)", ""))
             lost.append(self._outcomes[task_id])
         return lost
+
+    def _release_leases(self, task_id: str) -> None:
+        """Free a dead task's leases now; without the right (the ``client`` ACL
+        user has none on leases) they expire with their TTL instead."""
+        from labq.lease import Leases
+
+        try:
+            Leases(self.redis).release_all(task_id)
+        except redis.RedisError as exc:
+            log.debug("leases of lost task %s left to expire: %s", task_id, exc)
 
     def _rerun(self, task_id: str) -> str:
         """Send ``task_id``'s call again under a new id, in its place."""

@@ -142,9 +142,6 @@ def test_run_end_to_end_over_tls(roles: Roles) -> None:
     assert device_rows(roles.settings("worker"))
 
 
-@pytest.mark.xfail(strict=True, reason="labq/device_task.py builds its lease client with "
-                   "redis.Redis.from_url(broker_url), without the TLS options; it needs "
-                   "labq.redis_client.connect(url, settings)")
 def test_device_tasks_over_tls(roles: Roles) -> None:
     with labq.Run("tls-devices", settings=roles.settings("client"), progress=False) as run:
         run.submit(execute, device="a1", command="show version")
