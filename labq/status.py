@@ -27,6 +27,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 import redis
+from rich import box
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -311,7 +312,7 @@ def _more(table: Table, total: int) -> Table:
 def render(status: LabStatus) -> Group:
     """The four tables, for a terminal."""
     at = status.at
-    workers = Table(title=f"workers ({status.broker})", title_justify="left")
+    workers = Table(title=f"workers ({status.broker})", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("host", "worker", "queues", "pool", "busy", "heartbeat", "up"):
         workers.add_column(col, justify="right" if col in ("pool", "busy") else "left")
     for w in status.workers[:SCREEN_ROWS]:
@@ -321,7 +322,7 @@ def render(status: LabStatus) -> Group:
     if not status.workers:
         workers.add_row(Text("no worker has a current heartbeat", style="bold red"))
 
-    queues = Table(title="queues", title_justify="left")
+    queues = Table(title="queues", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("queue", "waiting", "consumed by"):
         queues.add_column(col, justify="right" if col == "waiting" else "left")
     for q in status.queues[:SCREEN_ROWS]:
@@ -329,17 +330,19 @@ def render(status: LabStatus) -> Group:
                      else Text("nobody", style="bold red" if q.depth else "dim"))
         queues.add_row(q.queue, str(q.depth), consumers)
 
-    tasks = Table(title="tasks taken by workers", title_justify="left")
-    for col in ("task", "device", "run", "state", "worker / slot", "age", "id"):
-        tasks.add_column(col, overflow="fold" if col == "run" else "ellipsis")
+    tasks = Table(title="tasks taken by workers", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("id", "task @ device", "run", "state", "slot", "age"):
+        # A narrow terminal folds the run id; every other cell stays whole.
+        tasks.add_column(col, no_wrap=col != "run", overflow="fold")
     styles = {TaskState.RUNNING: "green", TaskState.RESERVED: "dim",
               TaskState.ORPHANED: "bold red", TaskState.LOST: "red"}
     for t in status.tasks[:SCREEN_ROWS]:
-        tasks.add_row(_short(t.task), t.device or "-", t.run or "-",
+        tasks.add_row(t.task_id[:8], f"{_short(t.task)} @ {t.device}" if t.device else _short(t.task),
+                      t.run or "-",
                       Text(t.state.value, style=styles[t.state]), t.slot or t.worker or "-",
-                      _age(at - t.since), t.task_id[:8])
+                      _age(at - t.since))
 
-    leases = Table(title="device leases", title_justify="left")
+    leases = Table(title="device leases", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("device", "held by (task @ worker, held for, expires in)", "waiters"):
         leases.add_column(col)
     for d in status.leases[:SCREEN_ROWS]:
