@@ -52,7 +52,8 @@ class Settings:
     concurrency: int = 4
     #: The queue for tasks whose device names none, consumed by every worker.
     default_queue: str = "labq"
-    #: Warm shutdown waits this long for running tasks before a cold one.
+    #: A soft shutdown (SIGQUIT, a second Ctrl-C) gives running tasks this
+    #: long before they are requeued; a plain SIGTERM waits without a limit.
     shutdown_timeout: float = 30.0
     #: Seconds a task result is kept in Redis.
     result_expires: int = 86400
