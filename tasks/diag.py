@@ -90,13 +90,13 @@ _IGNORES_TERM = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_
                  "time.sleep({seconds})")
 
 
-def _record(pidfile: str | None, role: str, pid: int) -> None:
+def _record(pidfile: str | None, role: str, pid: int, *extra: str) -> None:
     # One small O_APPEND write per line: processes writing at once don't interleave.
     if not pidfile:
         return
     fd = os.open(pidfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, f"{role} {pid}\n".encode())
+        os.write(fd, " ".join([role, str(pid), *extra]).encode() + b"\n")
     finally:
         os.close(fd)
 
@@ -223,6 +223,18 @@ def hold_device(session: Session, seconds: float = 3600.0) -> dict[str, Any]:
             log.warning("%s: ignoring the soft time limit", session.device.name)
     return _where()
 
+
+@device_task(name="tasks.diag.tick_device", idempotent=True)
+def tick_device(session: Session, seconds: float = 5.0, tickfile: str = "") -> dict[str, Any]:
+    """Hold a device session ``seconds``, appending ``tick <pid> <time>`` to
+    ``tickfile`` every 0.1 s: idempotent, so it may run again after its host
+    died, and the ticks show that two runs of it never overlapped."""
+    session.execute("show version")
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        _record(tickfile, "tick", os.getpid(), f"{time.time():.3f}")
+        time.sleep(0.1)
+    return _where()
 
 
 # -- probes for bench/timelimits ------------------------------------------------

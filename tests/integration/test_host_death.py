@@ -59,7 +59,7 @@ def kill_tree(proc_pid: int) -> None:
 
 def wait_running(run: labq.Run, n: int, timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
-    while sum(o.status is labq.Status.RUNNING for o in run.outcomes) < n:
+    while sum(o.status is labq.Status.RUNNING and bool(o.worker) for o in run.outcomes) < n:
         assert time.monotonic() < end, run.outcomes
         run.refresh()
         time.sleep(0.1)
