@@ -269,7 +269,21 @@ class Run:
             self._outcomes[task_id] = new
             if new.status.final:
                 done.append(new)
+        self._fence_stopped(done)
         return done + self._check_workers()
+
+    def _fence_stopped(self, done: list[Outcome]) -> None:
+        """Fence tasks stopped from outside the run (a revoke, or Celery's cancel
+        when a worker loses Redis): their messages may still come back, with
+        the visibility timeout, and must not run then."""
+        stopped = [o.task_id for o in done if o.status is Status.CANCELLED]
+        if not stopped or self._cancelled:
+            return  # a cancel of our own is fenced by the run's cancel flag
+        try:
+            self.redis.hset(fenced_key(self.id), mapping=dict.fromkeys(stopped, "stopped"))
+            self.redis.expire(fenced_key(self.id), RUN_TTL)
+        except redis.RedisError as exc:
+            log.warning("could not fence stopped tasks %s: %s", stopped, exc)
 
     # -- dead workers -----------------------------------------------------
 
