@@ -231,7 +231,8 @@ def timelimits_block() -> str:
             lines.append(f"| {label} | {x['n']} | {_f(x['p50'], 1)} | {_f(x['p90'], 1)} | "
                          f"{_f(x['p99'], 1)} | {_f(x['max'], 1)} | {expect} |")
     orphans = d.get("orphans")
-    count = len(orphans) if isinstance(orphans, list) else orphans
+    count = (orphans.get("count") if isinstance(orphans, dict)
+             else len(orphans) if isinstance(orphans, list) else orphans)
     lines += ["", f"Orphans 2 s after a kill: {count}."]
     return "\n".join(lines)
 
