@@ -32,7 +32,7 @@ def test_grant_wait_release(redis_client: redis.Redis) -> None:
     leases = Leases(redis_client)
     g = grant(leases.acquire("r1", "a", 1, task="execute", worker="w1"))
     assert (g.device, g.holder) == ("r1", "a")
-    assert g.expires_at == pytest.approx(time.time() + 30, abs=5)
+    assert g.expires_at == pytest.approx(time.time() + 15, abs=5)
     w = wait(leases.acquire("r1", "b", 1))
     assert (w.position, w.holders, w.device) == (1, ["a"], "r1")
     assert leases.renew("r1", "a")
