@@ -52,9 +52,11 @@ def ticks(path: Path) -> dict[int, list[float]]:
     return out
 
 
-def fill_segment_a(lab: NetLab, run: labq.Run, tmp_path: Path) -> dict[str, Path]:
+def fill_segment_a(lab: NetLab, run: labq.Run,
+                   tmp_path: Path) -> tuple[dict[str, Path], list[str], set[str]]:
     """Four tasks on four devices of segment a, all running: two idempotent
-    (tick_device) and two not (hold_device). Returns tick files by task id."""
+    (tick_device) and two not (hold_device). Returns the tick files by task
+    id, every task id, and the ids of the tasks that lab-a runs."""
     devices = lab.devices("lab-a")[:4]
     files = {}
     for device in devices[:2]:
@@ -68,7 +70,9 @@ def fill_segment_a(lab: NetLab, run: labq.Run, tmp_path: Path) -> dict[str, Path
         assert time.monotonic() < deadline, run.outcomes
         run.refresh()
         time.sleep(0.1)
-    return files
+    doomed = {o.task_id for o in run.outcomes if o.worker == lab.node("lab-a")}
+    assert doomed, f"lab-a ran none of the four tasks: {run.outcomes}"
+    return files, [o.task_id for o in run.outcomes], doomed
 
 
 def settle(run: labq.Run, since: float) -> list[labq.Outcome]:
@@ -109,10 +113,7 @@ def test_a_killed_host_is_resolved_within_30_s(lab: NetLab, tmp_path: Path) -> N
     app = lab.app()
     try:
         with labq.Run("host-kill", app=app, progress=False) as run:
-            files = fill_segment_a(lab, run, tmp_path)
-            ids = [o.task_id for o in run.outcomes]
-            doomed = {o.task_id for o in run.outcomes if o.worker == lab.node("lab-a")}
-            assert doomed, f"lab-a ran none of the four tasks: {run.outcomes}"
+            files, ids, doomed = fill_segment_a(lab, run, tmp_path)
             lab.kill_worker_tree("lab-a")
             settle(run, time.monotonic())
         check_outcomes(lab, run, doomed, ids, files)
@@ -126,10 +127,7 @@ def test_a_cut_host_is_resolved_and_does_not_redo_after_it_returns(
     app = lab.app()
     try:
         with labq.Run("host-cut", app=app, progress=False) as run:
-            files = fill_segment_a(lab, run, tmp_path)
-            ids = [o.task_id for o in run.outcomes]
-            doomed = {o.task_id for o in run.outcomes if o.worker == lab.node("lab-a")}
-            assert doomed, f"lab-a ran none of the four tasks: {run.outcomes}"
+            files, ids, doomed = fill_segment_a(lab, run, tmp_path)
             lab.cut("lab-a")
             try:
                 settle(run, time.monotonic())
