@@ -399,10 +399,11 @@ class Run:
         of a result instead of polling. Log lines read here are shown.
 
         Every wake costs a read of all pending results, so with many pending
-        the wakes are spaced by 25 us per pending task (at most 50 ms): a
-        large run reads once per batch of ends, not once per end.
+        the wakes are spaced by 100 us per pending task (at most 0.2 s): a
+        large run reads once per batch of ends, not once per end, and a
+        single task still wakes at once.
         """
-        gap = min(0.05, 25e-6 * len(self._pending())) - (time.monotonic() - self._woke)
+        gap = min(0.2, 100e-6 * len(self._pending())) - (time.monotonic() - self._woke)
         if gap > 0:
             time.sleep(gap)
         streams: dict[Any, Any] = {done_key(self.id): self._done_cursor}
