@@ -95,6 +95,40 @@ def alive(client: redis.Redis, hostnames: Iterable[str]) -> dict[str, bool]:
     return {name: bool(n) for name, n in zip(names, pipe.execute(), strict=True)}
 
 
+class WorkerWatch:
+    """A client's view of the workers that run its tasks: which are dead.
+
+    Checks at most every ``interval`` seconds. A worker is dead once its key
+    has been seen missing for ``ttl / 2``: a heartbeat lost with a restarted
+    Redis comes back within one beat, and must not cost its tasks.
+    """
+
+    def __init__(self, client: redis.Redis, ttl: float, interval: float = 1.0) -> None:
+        self.client = client
+        self.confirm = ttl / 2
+        self.interval = interval
+        self._next = 0.0
+        self._missing_since: dict[str, float] = {}
+
+    def dead(self, running: dict[str, str]) -> dict[str, str]:
+        """Of ``running`` (task id -> worker), the tasks whose worker is dead."""
+        now = time.monotonic()
+        if not running or now < self._next:
+            return {}
+        self._next = now + self.interval
+        try:
+            up = alive(self.client, running.values())
+        except redis.RedisError:
+            return {}  # Redis itself is away: nothing can be told about workers
+        for worker, ok in up.items():
+            if ok:
+                self._missing_since.pop(worker, None)
+            else:
+                self._missing_since.setdefault(worker, now)
+        return {t: w for t, w in running.items()
+                if not up[w] and now - self._missing_since[w] >= self.confirm}
+
+
 class Heartbeat:
     """Write this worker's heartbeat from a daemon thread; fence when Redis is gone.
 

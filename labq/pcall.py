@@ -57,14 +57,22 @@ def pcall(targets: Any, timeout: float | None = None, cargs: Sequence[Any] = (),
     owned = run is None
     active = run if run is not None else Run("pcall")
     try:
-        ids = [active.submit(t, *a, **k) for t, a, k in calls]
-        wanted = set(ids)
+        if len({id(t) for t, _, _ in calls}) == 1 and not any(a for _, a, _ in calls):
+            # One target, keyword arguments only: one validated batch, pipelined.
+            ids = active.submit_many(calls[0][0], [k for _, _, k in calls])
+        else:
+            ids = [active.submit(t, *a, **k) for t, a, k in calls]
+
+        def ours() -> set[str]:  # a task run again after its host died has a new id
+            return {active.reruns.get(i, i) for i in ids}
+
         for outcome in active.as_completed(timeout=timeout):
-            if outcome.task_id in wanted and not outcome.ok:
+            if outcome.task_id in ours() and not outcome.ok:
                 active.cancel()
+                wanted = ours()
                 raise TaskFailed(outcome, [o for o in active.outcomes if o.task_id in wanted])
         by_id = {o.task_id: o for o in active.outcomes}
-        return tuple(by_id[i].value for i in ids)
+        return tuple(by_id[active.reruns.get(i, i)].value for i in ids)
     except BaseException:
         if owned:
             active.cancel()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -31,13 +30,13 @@ from labq.errors import (
     PartialSubmit,
     RunTimeout,
     SubmitError,
-    TimeLimitError,
 )
 from labq.outcome import Outcome, RemoteError, Status, outcome_from_meta
 from labq.progress import Progress
 from labq.publish import DEFAULT_CHUNK
 from labq.redis_client import connect, describe, retrying
 from labq.settings import Settings, mask_url
+from labq.submission import check_json, check_limits, first, script_name, task_name
 from labq.task_base import (
     RUN_KWARG,
     RUN_TTL,
@@ -62,28 +61,6 @@ CHANGE_WAIT = 0.5
 LIVENESS_INTERVAL = 1.0
 
 
-def _script_name() -> str:
-    return Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
-
-
-def check_limits(soft: float | None, hard: float | None, settings: Settings) -> None:
-    """Refuse limits that cannot work, naming the values."""
-    for name, value in (("soft_time_limit", soft), ("time_limit", hard)):
-        if value is not None and value <= 0:
-            raise TimeLimitError(f"{name}={value!r}: must be a positive number of seconds")
-    eff_soft = settings.soft_time_limit if soft is None else soft
-    eff_hard = settings.time_limit if hard is None else hard
-    if eff_soft >= eff_hard:
-        raise TimeLimitError(
-            f"soft_time_limit={eff_soft!r} must be below time_limit={eff_hard!r}, "
-            "or the soft limit never fires")
-    if eff_hard > settings.max_time_limit:
-        raise TimeLimitError(
-            f"time_limit={eff_hard!r} exceeds max_time_limit={settings.max_time_limit!r}: "
-            "the broker would hand the task to a second worker while it still runs "
-            "(raise LABQ_MAX_TIME_LIMIT on workers and clients alike)")
-
-
 class Run:
     """A named group of tasks, gathered and cancelled together."""
 
@@ -98,7 +75,7 @@ class Run:
         self.name = name
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         self.id = f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"
-        self.script = _script_name()
+        self.script = script_name()
         self.soft_time_limit = soft_time_limit
         self.time_limit = time_limit
         self.grace = grace
@@ -116,10 +93,10 @@ class Run:
                                      float | None, float | None]] = {}
         #: Task id that replaced each one run again after its worker died.
         self.reruns: dict[str, str] = {}
-        self._next_liveness = 0.0
-        self._missing_since: dict[str, float] = {}
         self.redis = connect(self.settings.backend_url, self.settings, socket_timeout=10,
                              socket_connect_timeout=5)
+        self._watch = liveness.WorkerWatch(self.redis, self.settings.worker_ttl,
+                                           LIVENESS_INTERVAL)
         try:
             self.redis.ping()
         except redis.RedisError as exc:
@@ -138,15 +115,8 @@ class Run:
         argument is not JSON, the device is not in the testbed, or the
         limits are invalid.
         """
-        if self._cancelled:
-            raise SubmitError(f"run {self.id!r} is cancelled; submit to a new run")
-        name = self._task_name(task)
-        # The call's limits, else the run's, else the task's own (decorator).
-        own = self.app.tasks[name]
-        soft = _first(soft_time_limit, self.soft_time_limit, own.soft_time_limit)
-        hard = _first(time_limit, self.time_limit, own.time_limit)
-        check_limits(soft, hard, self.settings)
-        _check_json(name, args, kwargs)
+        name, soft, hard = self._prepare(task, soft_time_limit, time_limit)
+        check_json(name, args, kwargs)
         task_id = str(uuid.uuid4())
         device = kwargs.get("device") or (args[0] if args and self._is_device_task(name) else None)
         body = {**kwargs, RUN_KWARG: self.id, SCRIPT_KWARG: self.script}
@@ -175,17 +145,11 @@ class Run:
         ``task-sent`` events (about a third of the client's CPU per task);
         Flower then shows each task from the moment a worker receives it.
         """
-        if self._cancelled:
-            raise SubmitError(f"run {self.id!r} is cancelled; submit to a new run")
-        name = self._task_name(task)
-        own = self.app.tasks[name]
-        soft = _first(soft_time_limit, self.soft_time_limit, own.soft_time_limit)
-        hard = _first(time_limit, self.time_limit, own.time_limit)
-        check_limits(soft, hard, self.settings)
+        name, soft, hard = self._prepare(task, soft_time_limit, time_limit)
         messages = []
         for kwargs in kwargs_list:
             kwargs = dict(kwargs)
-            _check_json(name, (), kwargs)
+            check_json(name, (), kwargs)
             device = kwargs.get("device")
             body = {**kwargs, RUN_KWARG: self.id, SCRIPT_KWARG: self.script}
             messages.append(publish.build(
@@ -225,16 +189,18 @@ class Run:
         self._queues.add(queue)
         self._calls[task_id] = call
 
-    def _task_name(self, task: Any) -> str:
-        name = task if isinstance(task, str) else getattr(task, "name", None)
-        if not isinstance(name, str):
-            raise SubmitError(f"{task!r} is not a Celery task or a task name")
-        if name not in self.app.tasks:
-            self.app.loader.import_default_modules()
-        if name not in self.app.tasks:
-            known = sorted(n for n in self.app.tasks if not n.startswith("celery."))
-            raise SubmitError(f"unknown task {name!r}; tasks/ registers: {', '.join(known)}")
-        return name
+    def _prepare(self, task: Any, soft: float | None,
+                 hard: float | None) -> tuple[str, float | None, float | None]:
+        """The task's name and effective limits: the call's, else the run's,
+        else the task's own (decorator); refused when they cannot work."""
+        if self._cancelled:
+            raise SubmitError(f"run {self.id!r} is cancelled; submit to a new run")
+        name = task_name(self.app, task)
+        own = self.app.tasks[name]
+        soft = first(soft, self.soft_time_limit, own.soft_time_limit)
+        hard = first(hard, self.time_limit, own.time_limit)
+        check_limits(soft, hard, self.settings)
+        return name, soft, hard
 
     def _is_device_task(self, name: str) -> bool:
         return bool(getattr(self.app.tasks.get(name), "labq_device_task", False))
@@ -296,28 +262,9 @@ class Run:
         its id is fenced first, so the old message, redelivered when the
         host returns or the visibility timeout passes, never runs it again.
         """
-        now = time.monotonic()
-        if now < self._next_liveness:
-            return []
-        self._next_liveness = now + LIVENESS_INTERVAL
         running = {t: o.worker for t in self._pending()
                    if (o := self._outcomes[t]).status is Status.RUNNING and o.worker}
-        if not running:
-            return []
-        try:
-            up = liveness.alive(self.redis, running.values())
-        except redis.RedisError:
-            return []  # Redis itself is away: nothing can be told about workers
-        # Missing twice, half a TTL apart: a heartbeat lost with a restarted
-        # Redis comes back within one beat, and must not cost its tasks.
-        for worker, ok in up.items():
-            if ok:
-                self._missing_since.pop(worker, None)
-            else:
-                self._missing_since.setdefault(worker, now)
-        confirm = self.settings.worker_ttl / 2
-        dead = {t: w for t, w in running.items()
-                if not up[w] and now - self._missing_since[w] >= confirm}
+        dead = self._watch.dead(running)
         if not dead:
             return []
         pipe = self.redis.pipeline()
@@ -529,17 +476,3 @@ class Run:
                 self.cancel()
         finally:
             self.close()
-
-
-def _first(*values: float | None) -> float | None:
-    return next((v for v in values if v is not None), None)
-
-
-def _check_json(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    for key, value in [*((f"args[{i}]", a) for i, a in enumerate(args)), *kwargs.items()]:
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError) as exc:
-            raise SubmitError(
-                f"{name}: argument {key}={value!r} is not JSON-serialisable ({exc}); "
-                "labq sends JSON only") from exc
