@@ -138,7 +138,8 @@ def outcome_table(outcomes: Sequence[Outcome], title: str = "") -> Table:
         table.add_column(col, overflow="fold")
     for o in outcomes:
         if o.error is not None:
-            detail = str(o.error)
+            # The first line: a driver's advice runs on for lines; the report has it all.
+            detail = str(o.error).strip().splitlines()[0][:160] if str(o.error).strip() else ""
         else:
             text = o.value if isinstance(o.value, str) else json.dumps(o.value)
             detail = (text or "").strip().splitlines()[0][:60] if text else ""

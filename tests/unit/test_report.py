@@ -59,3 +59,15 @@ def test_progress_off_prints_nothing_but_logs() -> None:
     with Progress("run-1", total=4, enabled=False, console=console) as bar:
         bar.advance(OUTCOMES)
     assert console.export_text() == ""
+
+
+def test_outcome_table_keeps_the_first_line_of_a_long_error() -> None:
+    noisy = Outcome(task_id="t9", task="tasks.device.execute", device="r9", status=Status.FAILED,
+                    error=RemoteError("DeviceUnreachable", "r9 is unreachable\n\nCommon causes:\n"
+                                      "1. Incorrect hostname"))
+    console = Console(record=True, width=200)
+    console.print(outcome_table([noisy]))
+    text = console.export_text()
+    assert "DeviceUnreachable: r9 is unreachable" in text
+    assert "Common causes" not in text
+    assert "Common causes" in render("run-9", [noisy])  # the report keeps all of it
