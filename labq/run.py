@@ -87,6 +87,12 @@ class Run:
         self._log_cursor = "0-0"
         self._done_cursor = "0-0"
         self._woke = 0.0
+        #: Tasks before this index in ``_order`` are all final (``_pending``).
+        self._settled = 0
+        #: Task ids the done stream named since the last read of results.
+        self._announced: set[str] = set()
+        #: When every pending result was last read (``as_completed``).
+        self._full_at = 0.0
         self._cancelled = False
         #: What each task was sent with, to run an idempotent one again.
         self._calls: dict[str, tuple[str, list[Any], dict[str, Any], str,
@@ -213,24 +219,44 @@ class Run:
         return [self._outcomes[t] for t in self._order]
 
     def _pending(self) -> list[str]:
-        return [t for t in self._order if not self._outcomes[t].status.final]
+        # A final outcome stays final, so the settled prefix is skipped: a
+        # long-lived run (one per testscript) pays for its pending tasks only.
+        order, outcomes, i = self._order, self._outcomes, self._settled
+        while i < len(order) and outcomes[order[i]].status.final:
+            i += 1
+        self._settled = i
+        return [t for t in order[i:] if not outcomes[t].status.final]
 
     def refresh(self) -> list[Outcome]:
         """Read the state of every unfinished task; returns those that just finished."""
         pending = self._pending()
         if not pending:
             return []
-        keys = [self.app.backend.get_key_for_task(t) for t in pending]
-        try:
-            # A Redis restart is waited out, up to LABQ_REDIS_RETRY_TIMEOUT.
-            metas, starts = retrying(lambda: (self.redis.mget(keys),
-                                              self.redis.hmget(starts_key(self.id), pending)),
-                                     timeout=self.settings.redis_retry_timeout)
-        except redis.RedisError as exc:
-            raise BrokerUnavailable(
-                f"result backend {mask_url(self.settings.backend_url)}: {exc}") from exc
+        return self._read(pending)
+
+    def _read(self, ids: list[str]) -> list[Outcome]:
+        """Read the results and start records of ``ids`` (pending tasks) in one
+        round trip, then settle stopped tasks and dead workers; returns the
+        outcomes that just became final."""
         done = []
-        for task_id, raw, start in zip(pending, metas, starts, strict=True):
+        metas: list[Any] = []
+        starts: list[Any] = []
+        if ids:
+            keys = [self.app.backend.get_key_for_task(t) for t in ids]
+
+            def read() -> list[Any]:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.mget(keys)
+                pipe.hmget(starts_key(self.id), ids)
+                return pipe.execute()  # type: ignore[no-any-return]
+
+            try:
+                # A Redis restart is waited out, up to LABQ_REDIS_RETRY_TIMEOUT.
+                metas, starts = retrying(read, timeout=self.settings.redis_retry_timeout)
+            except redis.RedisError as exc:
+                raise BrokerUnavailable(
+                    f"result backend {mask_url(self.settings.backend_url)}: {exc}") from exc
+        for task_id, raw, start in zip(ids, metas, starts, strict=True):
             new = outcome_from_meta(self._outcomes[task_id], json.loads(raw) if raw else None,
                                     json.loads(start) if start else None)
             self._outcomes[task_id] = new
@@ -317,7 +343,7 @@ class Run:
         with Progress(self.id, total=len(self._order), enabled=self._progress_flag) as bar:
             bar.advance([o for o in self.outcomes if o.status.final])
             while True:
-                done = self.refresh()
+                done = self._refresh_changed()
                 bar.advance(done)
                 yield from done
                 if not self._pending():
@@ -330,6 +356,22 @@ class Run:
                         f"run {self.id!r}: {len(self._pending()) or 'some'} tasks still "
                         f"running after {timeout} s; cancelled", self.outcomes)
             self._pump_logs(bar, wait=False)
+
+    def _refresh_changed(self) -> list[Outcome]:
+        """Read the results the done stream announced; every pending result
+        once each CHANGE_WAIT, for the ends that push nothing (hard kills,
+        revokes, a done stream trimmed behind the client)."""
+        pending = self._pending()
+        if not pending:
+            return []
+        now = time.monotonic()
+        if now - self._full_at >= CHANGE_WAIT:
+            self._full_at = now
+            ids = pending
+        else:
+            ids = [t for t in pending if t in self._announced]
+        self._announced.clear()
+        return self._read(ids)
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         """Wait for every task; outcomes in submit order."""
@@ -368,6 +410,9 @@ class Run:
                 cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                 if name != log_key(self.id):
                     self._done_cursor = cursor
+                    task_id = fields.get(b"task_id")
+                    if task_id:
+                        self._announced.add(task_id.decode())
                     continue
                 self._log_cursor = cursor
                 f = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
