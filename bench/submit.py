@@ -2,7 +2,7 @@
 
 A. ``Run.submit`` in a loop (one ``send_task`` per task);
 B. ``Run.submit_many`` (``labq/publish.py``: validated first, then Redis
-   pipelines of 500 messages through kombu's publish batch), with the
+   pipelines of 500 messages, payloads built as kombu's producer builds them), with the
    ``task-sent`` events labq's settings ask for;
 B'. the same with ``sent_events=False``;
 C. raw Celery ``echo.delay(i)`` in a loop, the naive reference.

@@ -4,16 +4,24 @@
 limits, device and route), then publishes the messages here in chunks.
 
 The messages are exactly what ``app.send_task`` would publish: Celery builds
-them (``amqp.create_task_message``, protocol 2, with the ``task-sent`` event)
-and Celery's ``send_task_message`` hands them to kombu's own producer. Only
-the transport step differs: inside ``Producer.batch()`` kombu's Redis
-channel buffers its final commands in a non-transactional pipeline instead
-of sending them one by one. Those commands are the same as unbatched ones:
+them (``amqp.create_task_message``, protocol 2, with the ``task-sent`` event).
+What kombu's Redis transport then sends for one message is two commands:
 ``LPUSH`` of the JSON envelope onto the queue's key for the message's
 priority (``queue`` for 0, ``queue\\x06\\x16<step>`` otherwise,
-``priority_steps`` 0/3/6/9) and ``PUBLISH`` of the event on the
-``/0.celeryev/task.sent`` fanout channel. Workers consume such a message like
-any other. Two client round trips per task (``LPUSH``, event ``PUBLISH``)
+``priority_steps`` 0/3/6/9) and ``PUBLISH`` of the event's envelope on the
+``/0.celeryev/task.sent`` fanout channel. Going through ``send_task_message``
+and kombu's ``Producer.publish`` twice per task costs more CPU than the
+commands themselves, so :class:`Wire` builds the same two payloads directly,
+with kombu's own serializer, JSON encoder, delivery tags, queue keys and
+fanout topics and Celery's event fields (dispatcher hostname and pid,
+``clock`` forwarded per event, ``utcoffset``, ``timestamp``), and queues
+them on a non-transactional pipeline of the producer's client as kombu's
+``Producer.batch()`` does. Queues and the event exchange are declared
+through the producer, as kombu would. :func:`wire_for` falls back to kombu's
+producer (inside ``Producer.batch()``) whenever the payloads could differ:
+another transport, serializer or compression, client retries that make
+kombu refuse to batch, publish signal receivers, queue expiry, or routing
+options beyond queue and priority. Either way two client round trips per task
 become one per chunk, and the result backend's per-task ``SUBSCRIBE`` /
 ``UNSUBSCRIBE`` (``RedisBackend.on_task_call``) is skipped: a run reads
 results itself and never listens on those channels.
@@ -25,11 +33,21 @@ rest was never sent: :class:`labq.errors.PartialSubmit` says which is which.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import base64
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery import signals
+from celery.utils.time import utcoffset
+from kombu.entity import maybe_delivery_mode
 from kombu.exceptions import KombuError, OperationalError
+from kombu.serialization import dumps as kombu_serialize
+from kombu.transport.redis import Channel as RedisChannel
+from kombu.utils.json import dumps as kombu_dumps
+from redis.exceptions import RedisError
 
 from labq.errors import BrokerUnavailable, PartialSubmit, SubmitError
 from labq.settings import mask_url
@@ -106,31 +124,42 @@ def _plain_repr(value: list[Any] | tuple[()] | dict[str, Any], maxsize: int) -> 
 
 
 def publish(app: Any, messages: Sequence[TaskMessage], *, chunk: int = DEFAULT_CHUNK,
-            broker: str = "") -> None:
-    """Publish ``messages`` in pipelines of ``chunk``; all or a :class:`PartialSubmit`."""
+            broker: str = "", raw: bool = True) -> None:
+    """Publish ``messages`` in pipelines of ``chunk``; all or a :class:`PartialSubmit`.
+
+    ``raw=False`` forces kombu's producer for every message (the fallback
+    :func:`wire_for` picks by itself when the raw payloads could differ).
+    """
     if chunk < 1:
         raise SubmitError(f"chunk={chunk!r}: must be at least 1")
     send = app.amqp.send_task_message
     queued: list[str] = []
     try:
         with app.producer_or_acquire() as producer:
+            wire = wire_for(app, producer, messages) if raw else None
             for start in range(0, len(messages), chunk):
                 part = messages[start:start + chunk]
                 sending = True
                 declared: set[str] = set()
                 try:
-                    # max_size above the chunk's commands: kombu must not flush
-                    # on its own, so one execute covers exactly this chunk.
-                    with producer.batch(max_size=4 * len(part) + 16) as batch:
-                        for m in part:
-                            # Declare each queue once per chunk, not once per message.
-                            declare: list[Any] | None = None if m.queue not in declared else []
-                            declared.add(m.queue)
-                            send(producer, m.name, m.message, retry=False, declare=declare,
-                                 **m.options)
-                        sending = False
-                        batch.flush()
-                except (KombuError, OSError, ConnectionError) as exc:
+                    if wire is not None:
+                        with wire.pipeline() as pipe:
+                            wire.add(pipe, part)
+                            sending = False
+                            pipe.execute()
+                    else:
+                        # max_size above the chunk's commands: kombu must not
+                        # flush on its own, so one execute covers this chunk.
+                        with producer.batch(max_size=4 * len(part) + 16) as batch:
+                            for m in part:
+                                # Declare each queue once per chunk, not per message.
+                                declare: list[Any] | None = None if m.queue not in declared else []
+                                declared.add(m.queue)
+                                send(producer, m.name, m.message, retry=False, declare=declare,
+                                     **m.options)
+                            sending = False
+                            batch.flush()
+                except (KombuError, RedisError, OSError, ConnectionError) as exc:
                     ids = [m.task_id for m in messages]
                     done = len(queued)
                     uncertain = [] if sending else ids[done:done + len(part)]
@@ -147,6 +176,188 @@ def publish(app: Any, messages: Sequence[TaskMessage], *, chunk: int = DEFAULT_C
         raise BrokerUnavailable(
             f"cannot submit {len(messages)} tasks: Redis at {mask_url(broker)} "
             f"is unreachable: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _Route:
+    """What kombu derives from a message's queue: the list key and envelope constants."""
+
+    entity: Any  # the kombu Queue declared before the first LPUSH
+    key: str  # the Redis list (priority suffix included)
+    delivery_mode: int
+    priority: Any
+    exchange: str
+    routing_key: str
+
+
+@dataclass(frozen=True)
+class Wire:
+    """The Redis commands kombu would send for a batch, built without its producer.
+
+    One instance per :func:`publish` call; constants (routes, event topics,
+    dispatcher identity) are looked up once, per-task fields per message.
+    """
+
+    producer: Any
+    channel: Any
+    routes: Mapping[str, _Route]
+    #: ``task-sent`` event constants (``None``: no message carries an event).
+    dispatcher: Any
+    event_exchange: str
+    event_topics: Sequence[str]
+
+    def pipeline(self) -> Any:
+        """A non-transactional pipeline on the producer's Redis client, as kombu's batch."""
+        stack = ExitStack()
+        client = stack.enter_context(self.channel.conn_or_acquire())
+        pipe = client.pipeline(transaction=False)
+        stack.callback(pipe.reset)
+        return _Closing(pipe, stack)
+
+    def add(self, pipe: Any, part: Sequence[TaskMessage]) -> None:
+        """Queue ``LPUSH`` (and event ``PUBLISH``) commands for ``part`` on ``pipe``."""
+        channel = self.channel
+        tag = channel._next_delivery_tag
+        for name in {m.queue for m in part}:  # cached by kombu: one SADD per queue ever
+            self.producer.maybe_declare(self.routes[name].entity, retry=False)
+        evd = self.dispatcher
+        if evd is not None:
+            self.producer.maybe_declare(evd.exchange, retry=False)
+            hostname, pid, clock, ev_headers = evd.hostname, evd.pid, evd.clock, evd.headers
+            ev_delivery = {"exchange": self.event_exchange, "routing_key": "task.sent"}
+        for m in part:
+            headers, properties, body, sent_event = m.message
+            route = self.routes[m.queue]
+            # Producer.publish: serialize, envelope (prepare_message), then the
+            # channel's base64 body and delivery tag (_inplace_augment_message).
+            _ctype, _cenc, payload = serialize(body, serializer="json")
+            pipe.lpush(route.key, dumps({
+                "body": _b64(payload),
+                "content-encoding": _cenc,
+                "content-type": _ctype,
+                "headers": headers,
+                "properties": {
+                    **properties,
+                    "delivery_mode": route.delivery_mode,
+                    "delivery_info": {"exchange": route.exchange,
+                                      "routing_key": route.routing_key},
+                    "priority": route.priority,
+                    "body_encoding": "base64",
+                    "delivery_tag": tag(),
+                },
+            }))
+            if sent_event and evd is not None:
+                # EventDispatcher.publish: Event() field order, clock forwarded
+                # per event, the dispatcher's identity, delivery mode 1.
+                event = {"hostname": hostname, "utcoffset": utcoffset(), "pid": pid,
+                         "clock": clock.forward(), **sent_event, "queue": m.queue,
+                         "exchange": route.exchange, "routing_key": route.routing_key,
+                         "timestamp": time.time(), "type": "task-sent"}
+                _ctype, _cenc, payload = serialize(event, serializer="json")
+                envelope = dumps({
+                    "body": _b64(payload),
+                    "content-encoding": _cenc,
+                    "content-type": _ctype,
+                    "headers": ev_headers,
+                    "properties": {
+                        "delivery_mode": 1,
+                        "delivery_info": ev_delivery,
+                        "priority": 0,
+                        "body_encoding": "base64",
+                        "delivery_tag": tag(),
+                    },
+                })
+                for topic in self.event_topics:
+                    pipe.publish(topic, envelope)
+
+
+class _Closing:
+    """``with`` for a pipeline whose connection must go back to kombu's pool."""
+
+    def __init__(self, pipe: Any, stack: ExitStack) -> None:
+        self.pipe, self.stack = pipe, stack
+
+    def __enter__(self) -> Any:
+        return self.pipe
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
+
+
+def _b64(payload: str | bytes) -> str:
+    data = payload.encode("utf-8") if isinstance(payload, str) else payload
+    return base64.b64encode(data).decode("ascii")
+
+
+#: Options the raw path reproduces (serializer only as json, compression only off).
+_PLAIN_OPTIONS = frozenset({"queue", "priority", "serializer", "compression"})
+
+
+def wire_for(app: Any, producer: Any, messages: Sequence[TaskMessage]) -> Wire | None:
+    """A :class:`Wire` when its commands equal kombu's for every message, else ``None``.
+
+    ``None`` (kombu's producer publishes) whenever something changes the wire
+    format or adds side effects the raw path does not reproduce: another
+    transport or serializer, compression, a pipeline kombu would not batch
+    (client retries), publish signal receivers, queue expiry, exchanges or
+    extra message properties in the routing options.
+    """
+    conf = app.conf
+    channel: Any = producer.channel
+    redis_channel = isinstance(channel, RedisChannel)
+    if not redis_channel or not channel.supports_batch_publish:
+        return None
+    if (conf.task_serializer != "json" or conf.task_compression or conf.event_serializer != "json"
+            or channel.body_encoding != "base64"):
+        return None
+    if any(s.receivers for s in (signals.before_task_publish, signals.after_task_publish,
+                                 signals.task_sent)):
+        return None
+    amqp = app.amqp
+    routes: dict[str, _Route] = {}
+    events = False
+    for m in messages:
+        opts = m.options
+        if (not _PLAIN_OPTIONS.issuperset(opts) or opts.get("serializer", "json") != "json"
+                or opts.get("compression") or "compression" in m.message[0]):
+            return None
+        events = events or bool(m.message[3])
+        if m.queue in routes:
+            if routes[m.queue].priority != _priority(channel, m.options):
+                return None
+            continue
+        queue = amqp.queues[m.queue]  # as send_task_message: missing queues are created
+        exchange = queue.exchange
+        if getattr(exchange, "type", "direct") != "direct" or m.queue in (channel._expires or {}):
+            return None
+        mode = exchange.delivery_mode or amqp.app.conf.task_default_delivery_mode
+        mode = _delivery_mode(mode or producer.exchange.delivery_mode)
+        priority = _priority(channel, m.options)
+        key = channel._q_for_pri(m.queue, channel._get_message_priority(
+            {"properties": {"priority": priority}}))
+        routes[m.queue] = _Route(entity=queue, key=key,
+                                 delivery_mode=mode, priority=priority, exchange="",
+                                 routing_key=m.queue)
+    if not events:
+        return Wire(producer, channel, routes, None, "", ())
+    evd = amqp._event_dispatcher
+    name = evd.exchange.name
+    producer.maybe_declare(evd.exchange, retry=False)
+    if not channel.supports_fanout or channel.typeof(name).type != "fanout":
+        return None
+    return Wire(producer, channel, routes, evd, name,
+                tuple(channel._get_publish_topics(name, "task.sent")))
+
+
+def _priority(channel: Any, options: Mapping[str, Any]) -> Any:
+    """The ``priority`` property prepare_message sets (the channel's default when unset)."""
+    return options.get("priority") or channel.default_priority
+
+
+# kombu's own functions, typed: the values they produce are the wire format.
+_delivery_mode: Callable[[Any], int] = maybe_delivery_mode
+serialize: Callable[..., tuple[str, str, str | bytes]] = kombu_serialize
+dumps: Callable[[Any], str] = kombu_dumps
 
 
 def _ids(ids: Sequence[str]) -> str:

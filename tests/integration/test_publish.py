@@ -3,8 +3,11 @@ consumed by real workers like any other message, partial failures named."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,8 @@ def test_a_batch_message_is_the_envelope_send_task_publishes(app: LabqCelery) ->
         msg = publish.build(app, diag.echo.name, (), {"value": 1}, task_id="batch-id",
                                  device=None, default_queue="labq", soft_time_limit=5,
                                  time_limit=10, queue=queue)
+        with app.producer_or_acquire() as producer:
+            assert publish.wire_for(app, producer, [msg]) is not None  # the raw path runs
         publish.publish(app, [msg])
         app.send_task(diag.echo.name, kwargs={"value": 1}, task_id="plain-id", queue=queue,
                       soft_time_limit=5, time_limit=10)
@@ -98,6 +103,100 @@ def test_a_batch_message_is_the_envelope_send_task_publishes(app: LabqCelery) ->
     assert batch["properties"]["delivery_info"] == {"exchange": "", "routing_key": queue}
 
 
+def unwrap(raw: bytes) -> tuple[dict[str, Any], Any]:
+    """A kombu Redis envelope and its decoded body."""
+    envelope = json.loads(raw)
+    return envelope, json.loads(base64.b64decode(envelope["body"]))
+
+
+def test_the_raw_path_writes_kombus_bytes_and_events(lone_app: LabqCelery,
+                                                      redis_client: redis.Redis) -> None:
+    """For the same task, the raw pipeline LPUSHes the very JSON text kombu's
+    producer LPUSHes (delivery tag aside) and PUBLISHes the same task-sent
+    event on the same channel (tag, clock and timestamp aside)."""
+    app = lone_app
+    topic = "/0.celeryev/task.sent"
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(topic)
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+    queue = "test-raw-vs-kombu"
+
+    def one(raw: bool) -> publish.TaskMessage:
+        return publish.build(app, diag.echo.name, (), {"value": "ä", "n": [1, 2.5, None]},
+                             task_id="same-id", device=None, default_queue="labq",
+                             soft_time_limit=5, time_limit=10, queue=queue)
+
+    try:
+        clock0 = app.clock.value
+        publish.publish(app, [one(True)], raw=True)
+        publish.publish(app, [one(False)], raw=False)
+        kombu_text, raw_text = redis_client.lrange(queue, 0, -1)
+        events = []
+        while len(events) < 2:
+            m = pubsub.get_message(timeout=5)
+            assert m is not None, "no task-sent event published"
+            if m["type"] == "message":
+                assert m["channel"] == topic.encode()
+                events.append(m["data"])
+    finally:
+        redis_client.delete(queue)
+        pubsub.close()
+    (raw_env, raw_body), (kombu_env, kombu_body) = unwrap(raw_text), unwrap(kombu_text)
+    tag = raw_env["properties"]["delivery_tag"]
+    assert raw_text.replace(tag.encode(), kombu_env["properties"]["delivery_tag"].encode()) == \
+        kombu_text
+    assert raw_body == kombu_body == [[], {"value": "ä", "n": [1, 2.5, None]},
+                                      {"callbacks": None, "errbacks": None, "chain": None,
+                                       "chord": None}]
+
+    (raw_ev_env, raw_ev), (kombu_ev_env, kombu_ev) = unwrap(events[0]), unwrap(events[1])
+    assert raw_ev["clock"] > clock0 and kombu_ev["clock"] > raw_ev["clock"]
+    assert abs(raw_ev["timestamp"] - kombu_ev["timestamp"]) < 60
+    for ev, env in ((raw_ev, raw_ev_env), (kombu_ev, kombu_ev_env)):
+        ev["clock"] = ev["timestamp"] = env["properties"]["delivery_tag"] = "<varies>"
+        env["body"] = "<checked>"
+    assert list(raw_ev) == list(kombu_ev)  # same key order: same JSON text
+    assert raw_ev == kombu_ev and raw_ev_env == kombu_ev_env
+    assert raw_ev["type"] == "task-sent" and raw_ev["uuid"] == "same-id"
+    assert raw_ev["queue"] == raw_ev["routing_key"] == queue
+
+
+def test_an_event_receiver_sees_task_sent_for_each_task(lone_app: LabqCelery,
+                                                        redis_client: redis.Redis) -> None:
+    """Celery's own event Receiver (what Flower runs) gets one task-sent per
+    task of a raw batch, with the task's name, args and queue."""
+    app = lone_app
+    with app.producer_or_acquire() as producer:
+        assert publish.wire_for(app, producer, []) is not None  # the raw path runs
+    seen: list[dict[str, Any]] = []
+    with app.connection_for_read() as conn:
+        receiver = app.events.Receiver(conn, handlers={"task-sent": seen.append})
+        thread = threading.Thread(target=receiver.capture,
+                                  kwargs={"limit": 12, "timeout": 30, "wakeup": False})
+        thread.start()
+        try:
+            deadline = time.monotonic() + 20
+            # kombu subscribes to the pattern /0.celeryev/* (fanout_patterns).
+            while not redis_client.pubsub_numpat():
+                assert time.monotonic() < deadline, "the receiver never subscribed"
+                time.sleep(0.05)
+            run = labq.Run("events", app=app, progress=False)
+            try:
+                ids = run.submit_many(diag.echo, [{"value": i} for i in range(12)], chunk=5)
+            finally:
+                run.close()
+            thread.join(30)
+        finally:
+            receiver.should_stop = True
+            thread.join(5)
+    assert [e["uuid"] for e in seen] == ids
+    assert {e["name"] for e in seen} == {diag.echo.name}
+    assert {e["queue"] for e in seen} == {"labq"}
+    assert [e["kwargs"].split(",")[0] for e in seen] == [f"{{'value': {i}" for i in range(12)]
+    assert [e["clock"] for e in seen] == sorted(e["clock"] for e in seen)
+    redis_client.delete("labq")
+
+
 @pytest.fixture()
 def lone_app(redis_server: RedisServer, tmp_path: Path) -> Iterator[LabqCelery]:
     """An app on a Redis no worker consumes, so queued messages stay put."""
@@ -108,22 +207,38 @@ def lone_app(redis_server: RedisServer, tmp_path: Path) -> Iterator[LabqCelery]:
     a.close()
 
 
+@pytest.mark.parametrize("path", ["raw", "kombu"])
 def test_a_failure_mid_batch_names_what_was_queued(lone_app: LabqCelery,
-                                                   redis_client: redis.Redis) -> None:
+                                                   redis_client: redis.Redis,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   path: str) -> None:
     """Redis refuses writes (maxmemory) after the first pipeline: the error
     names the queued, uncertain and unsent task ids; the run tracks the queued."""
-    amqp = lone_app.amqp
-    send = amqp.send_task_message
     calls = 0
+    if path == "raw":
+        add = publish.Wire.add
 
-    def send_then_refuse(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 4:  # the first message of the second chunk of 3
-            redis_client.config_set("maxmemory", 1)
-        return send(*args, **kwargs)
+        def add_then_refuse(self: publish.Wire, pipe: Any, part: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 2:  # the second chunk of 3
+                redis_client.config_set("maxmemory", 1)
+            add(self, pipe, part)
 
-    amqp.__dict__["send_task_message"] = send_then_refuse
+        monkeypatch.setattr(publish.Wire, "add", add_then_refuse)
+    else:
+        monkeypatch.setattr(publish, "wire_for", lambda *a: None)
+        amqp = lone_app.amqp
+        send = amqp.send_task_message
+
+        def send_then_refuse(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 4:  # the first message of the second chunk of 3
+                redis_client.config_set("maxmemory", 1)
+            return send(*args, **kwargs)
+
+        amqp.__dict__["send_task_message"] = send_then_refuse
     run = labq.Run("partial", app=lone_app, progress=False)
     try:
         with pytest.raises(PartialSubmit) as info:
