@@ -12,7 +12,7 @@ priority (``queue`` for 0, ``queue\\x06\\x16<step>`` otherwise,
 ``/0.celeryev/task.sent`` fanout channel. Going through ``send_task_message``
 and kombu's ``Producer.publish`` twice per task costs more CPU than the
 commands themselves, so :class:`Wire` builds the same two payloads directly,
-with kombu's own serializer, JSON encoder, delivery tags, queue keys and
+with kombu's own JSON encoder (its json serializer), delivery tags, queue keys and
 fanout topics and Celery's event fields (dispatcher hostname and pid,
 ``clock`` forwarded per event, ``utcoffset``, ``timestamp``), and queues
 them on a non-transactional pipeline of the producer's client as kombu's
@@ -34,6 +34,7 @@ rest was never sent: :class:`labq.errors.PartialSubmit` says which is which.
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -44,9 +45,10 @@ from celery import signals
 from celery.utils.time import utcoffset
 from kombu.entity import maybe_delivery_mode
 from kombu.exceptions import KombuError, OperationalError
-from kombu.serialization import dumps as kombu_serialize
+from kombu.serialization import registry as serializers
+from kombu.transport import redis as kombu_redis
 from kombu.transport.redis import Channel as RedisChannel
-from kombu.utils.json import dumps as kombu_dumps
+from kombu.utils import json as kombu_json
 from redis.exceptions import RedisError
 
 from labq.errors import BrokerUnavailable, PartialSubmit, SubmitError
@@ -218,6 +220,7 @@ class Wire:
         """Queue ``LPUSH`` (and event ``PUBLISH``) commands for ``part`` on ``pipe``."""
         channel = self.channel
         tag = channel._next_delivery_tag
+        dumps, b64 = _JSON.encode, _b64
         for name in {m.queue for m in part}:  # cached by kombu: one SADD per queue ever
             self.producer.maybe_declare(self.routes[name].entity, retry=False)
         evd = self.dispatcher
@@ -230,11 +233,10 @@ class Wire:
             route = self.routes[m.queue]
             # Producer.publish: serialize, envelope (prepare_message), then the
             # channel's base64 body and delivery tag (_inplace_augment_message).
-            _ctype, _cenc, payload = serialize(body, serializer="json")
             pipe.lpush(route.key, dumps({
-                "body": _b64(payload),
-                "content-encoding": _cenc,
-                "content-type": _ctype,
+                "body": b64(dumps(body)),
+                "content-encoding": "utf-8",
+                "content-type": "application/json",
                 "headers": headers,
                 "properties": {
                     **properties,
@@ -253,11 +255,10 @@ class Wire:
                          "clock": clock.forward(), **sent_event, "queue": m.queue,
                          "exchange": route.exchange, "routing_key": route.routing_key,
                          "timestamp": time.time(), "type": "task-sent"}
-                _ctype, _cenc, payload = serialize(event, serializer="json")
                 envelope = dumps({
-                    "body": _b64(payload),
-                    "content-encoding": _cenc,
-                    "content-type": _ctype,
+                    "body": b64(dumps(event)),
+                    "content-encoding": "utf-8",
+                    "content-type": "application/json",
                     "headers": ev_headers,
                     "properties": {
                         "delivery_mode": 1,
@@ -284,9 +285,25 @@ class _Closing:
         self.stack.close()
 
 
-def _b64(payload: str | bytes) -> str:
-    data = payload.encode("utf-8") if isinstance(payload, str) else payload
-    return base64.b64encode(data).decode("ascii")
+def _b64(payload: str) -> str:
+    """The channel's ``base64`` body encoding of a JSON text."""
+    return base64.b64encode(payload.encode("utf-8")).decode("ascii")
+
+
+#: One instance of kombu's JSON encoder: ``kombu.utils.json.dumps(x)`` is
+#: ``json.dumps(x, cls=JSONEncoder)``, i.e. ``JSONEncoder().encode(x)``, minus
+#: building an encoder per call. :func:`_kombu_json_as_assumed` checks it.
+_JSON = kombu_json.JSONEncoder()
+
+
+def _kombu_json_as_assumed() -> bool:
+    """kombu's ``json`` serializer and the Redis transport's envelope encoder are
+    ``kombu.utils.json.dumps`` with its stock defaults (``utf-8`` JSON)."""
+    codec = serializers._encoders.get("json")
+    return (codec is not None and codec.encoder is kombu_json.dumps
+            and (codec.content_type, codec.content_encoding) == ("application/json", "utf-8")
+            and getattr(kombu_redis, "dumps", None) is kombu_json.dumps
+            and kombu_json.dumps.__defaults__ == (json.dumps, kombu_json.JSONEncoder, None))
 
 
 #: Options the raw path reproduces (serializer only as json, compression only off).
@@ -308,7 +325,7 @@ def wire_for(app: Any, producer: Any, messages: Sequence[TaskMessage]) -> Wire |
     if not redis_channel or not channel.supports_batch_publish:
         return None
     if (conf.task_serializer != "json" or conf.task_compression or conf.event_serializer != "json"
-            or channel.body_encoding != "base64"):
+            or channel.body_encoding != "base64" or not _kombu_json_as_assumed()):
         return None
     if any(s.receivers for s in (signals.before_task_publish, signals.after_task_publish,
                                  signals.task_sent)):
@@ -356,8 +373,7 @@ def _priority(channel: Any, options: Mapping[str, Any]) -> Any:
 
 # kombu's own functions, typed: the values they produce are the wire format.
 _delivery_mode: Callable[[Any], int] = maybe_delivery_mode
-serialize: Callable[..., tuple[str, str, str | bytes]] = kombu_serialize
-dumps: Callable[[Any], str] = kombu_dumps
+
 
 
 def _ids(ids: Sequence[str]) -> str:
