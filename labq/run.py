@@ -387,10 +387,10 @@ class Run:
         and the log stream together, so the loop wakes within a round trip
         of a result instead of polling. Log lines read here are shown.
 
-        Every wake costs a read of all pending results, so with many pending
-        the wakes are spaced by 100 us per pending task (at most 0.2 s): a
-        large run reads once per batch of ends, not once per end, and a
-        single task still wakes at once.
+        A wake reads only the results the stream named (``_announced``), but
+        with many pending the wakes are still spaced by 100 us per pending
+        task (at most 0.2 s): a large run reads once per batch of ends, not
+        once per end, and a single task still wakes at once.
         """
         gap = min(0.2, 100e-6 * len(self._pending())) - (time.monotonic() - self._woke)
         if gap > 0:

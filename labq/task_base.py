@@ -152,8 +152,9 @@ class LabqTask(Task):  # type: ignore[misc]
         task_id = self.request.id
         # Record the start, then check the cancel flag: a cancel sets the flag,
         # then reads the starts, so every task is either seen running (and
-        # interrupted) or sees the flag here.
-        pipe = client.pipeline()
+        # interrupted) or sees the flag here. A pipeline keeps that order on
+        # one connection; no MULTI/EXEC is needed for it.
+        pipe = client.pipeline(transaction=False)
         pipe.hset(starts_key(run_id), task_id, json.dumps({
             "at": time.time(), "worker": self.request.hostname or "",
             "slot": slot_name(self.request.hostname), "pid": os.getpid(),
