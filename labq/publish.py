@@ -138,12 +138,15 @@ def publish(app: Any, messages: Sequence[TaskMessage], *, chunk: int = DEFAULT_C
     queued: list[str] = []
     try:
         with app.producer_or_acquire() as producer:
-            wire = wire_for(app, producer, messages) if raw else None
+            wire: Wire | None = None
+            decided = not raw
             for start in range(0, len(messages), chunk):
                 part = messages[start:start + chunk]
                 sending = True
                 declared: set[str] = set()
                 try:
+                    if not decided:  # inside the try: it opens the producer's channel
+                        wire, decided = wire_for(app, producer, messages), True
                     if wire is not None:
                         with wire.pipeline() as pipe:
                             wire.add(pipe, part)
@@ -347,7 +350,7 @@ def wire_for(app: Any, producer: Any, messages: Sequence[TaskMessage]) -> Wire |
         exchange = queue.exchange
         if getattr(exchange, "type", "direct") != "direct" or m.queue in (channel._expires or {}):
             return None
-        mode = exchange.delivery_mode or amqp.app.conf.task_default_delivery_mode
+        mode = getattr(exchange, "delivery_mode", None) or conf.task_default_delivery_mode
         mode = _delivery_mode(mode or producer.exchange.delivery_mode)
         priority = _priority(channel, m.options)
         key = channel._q_for_pri(m.queue, channel._get_message_priority(

@@ -4,6 +4,7 @@ consumed by real workers like any other message, partial failures named."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import threading
@@ -109,11 +110,15 @@ def unwrap(raw: bytes) -> tuple[dict[str, Any], Any]:
     return envelope, json.loads(base64.b64decode(envelope["body"]))
 
 
+@pytest.mark.parametrize(("priority", "key_suffix"), [(None, ""), (5, "\x06\x163")])
 def test_the_raw_path_writes_kombus_bytes_and_events(lone_app: LabqCelery,
-                                                      redis_client: redis.Redis) -> None:
+                                                      redis_client: redis.Redis,
+                                                      priority: int | None,
+                                                      key_suffix: str) -> None:
     """For the same task, the raw pipeline LPUSHes the very JSON text kombu's
-    producer LPUSHes (delivery tag aside) and PUBLISHes the same task-sent
-    event on the same channel (tag, clock and timestamp aside)."""
+    producer LPUSHes (delivery tag aside), on the same priority list, and
+    PUBLISHes the same task-sent event on the same channel (tag, clock and
+    timestamp aside)."""
     app = lone_app
     topic = "/0.celeryev/task.sent"
     pubsub = redis_client.pubsub()
@@ -122,15 +127,19 @@ def test_the_raw_path_writes_kombus_bytes_and_events(lone_app: LabqCelery,
     queue = "test-raw-vs-kombu"
 
     def one(raw: bool) -> publish.TaskMessage:
-        return publish.build(app, diag.echo.name, (), {"value": "ä", "n": [1, 2.5, None]},
-                             task_id="same-id", device=None, default_queue="labq",
-                             soft_time_limit=5, time_limit=10, queue=queue)
+        m = publish.build(app, diag.echo.name, (), {"value": "ä", "n": [1, 2.5, None]},
+                          task_id="same-id", device=None, default_queue="labq",
+                          soft_time_limit=5, time_limit=10, queue=queue)
+        if priority is not None:
+            m = dataclasses.replace(m, options={**m.options, "priority": priority})
+        return m
 
     try:
         clock0 = app.clock.value
         publish.publish(app, [one(True)], raw=True)
         publish.publish(app, [one(False)], raw=False)
-        kombu_text, raw_text = redis_client.lrange(queue, 0, -1)
+        assert redis_client.keys(f"{queue}*") == [(queue + key_suffix).encode()]
+        kombu_text, raw_text = redis_client.lrange(queue + key_suffix, 0, -1)
         events = []
         while len(events) < 2:
             m = pubsub.get_message(timeout=5)
@@ -139,7 +148,7 @@ def test_the_raw_path_writes_kombus_bytes_and_events(lone_app: LabqCelery,
                 assert m["channel"] == topic.encode()
                 events.append(m["data"])
     finally:
-        redis_client.delete(queue)
+        redis_client.delete(queue, queue + key_suffix)
         pubsub.close()
     (raw_env, raw_body), (kombu_env, kombu_body) = unwrap(raw_text), unwrap(kombu_text)
     tag = raw_env["properties"]["delivery_tag"]
