@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from celery import signals
@@ -193,6 +195,9 @@ class _Route:
     priority: Any
     exchange: str
     routing_key: str
+    #: JSON fragments around the message's own values (see :meth:`Wire.add`).
+    envelope: tuple[str, ...] = ()
+    event: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,7 @@ class Wire:
     dispatcher: Any
     event_exchange: str
     event_topics: Sequence[str]
+    event_envelope: tuple[str, ...] = ()
 
     def pipeline(self) -> Any:
         """A non-transactional pipeline on the producer's Redis client, as kombu's batch."""
@@ -220,59 +226,131 @@ class Wire:
         return _Closing(pipe, stack)
 
     def add(self, pipe: Any, part: Sequence[TaskMessage]) -> None:
-        """Queue ``LPUSH`` (and event ``PUBLISH``) commands for ``part`` on ``pipe``."""
+        """Queue ``LPUSH`` (and event ``PUBLISH``) commands for ``part`` on ``pipe``.
+
+        The JSON texts are kombu's: :func:`_envelope` and :func:`_event` are
+        the dicts kombu and Celery build, encoded once per batch with slots
+        (:func:`_fragments`); per message only the slots' values are encoded.
+        """
         channel = self.channel
         tag = channel._next_delivery_tag
-        dumps, b64 = _JSON.encode, _b64
+        text, string, b64 = _JSON.encode, encode_basestring_ascii, _b64
         for name in {m.queue for m in part}:  # cached by kombu: one SADD per queue ever
             self.producer.maybe_declare(self.routes[name].entity, retry=False)
         evd = self.dispatcher
         if evd is not None:
             self.producer.maybe_declare(evd.exchange, retry=False)
-            hostname, pid, clock, ev_headers = evd.hostname, evd.pid, evd.clock, evd.headers
-            ev_delivery = {"exchange": self.event_exchange, "routing_key": "task.sent"}
+            clock = evd.clock
+            e0, e1, e2 = self.event_envelope
         for m in part:
             headers, properties, body, sent_event = m.message
             route = self.routes[m.queue]
+            t0, t1, t2, t3, t4, t5 = route.envelope
             # Producer.publish: serialize, envelope (prepare_message), then the
             # channel's base64 body and delivery tag (_inplace_augment_message).
-            pipe.lpush(route.key, dumps({
-                "body": b64(dumps(body)),
-                "content-encoding": "utf-8",
-                "content-type": "application/json",
-                "headers": headers,
-                "properties": {
-                    **properties,
-                    "delivery_mode": route.delivery_mode,
-                    "delivery_info": {"exchange": route.exchange,
-                                      "routing_key": route.routing_key},
-                    "priority": route.priority,
-                    "body_encoding": "base64",
-                    "delivery_tag": tag(),
-                },
-            }))
+            pipe.lpush(route.key, "".join((
+                t0, string(b64(text(body))), t1, text(headers), t2,
+                _value(properties["correlation_id"]), t3, _value(properties["reply_to"]), t4,
+                string(tag()), t5)))
             if sent_event and evd is not None:
                 # EventDispatcher.publish: Event() field order, clock forwarded
                 # per event, the dispatcher's identity, delivery mode 1.
-                event = {"hostname": hostname, "utcoffset": utcoffset(), "pid": pid,
-                         "clock": clock.forward(), **sent_event, "queue": m.queue,
-                         "exchange": route.exchange, "routing_key": route.routing_key,
-                         "timestamp": time.time(), "type": "task-sent"}
-                envelope = dumps({
-                    "body": b64(dumps(event)),
-                    "content-encoding": "utf-8",
-                    "content-type": "application/json",
-                    "headers": ev_headers,
-                    "properties": {
-                        "delivery_mode": 1,
-                        "delivery_info": ev_delivery,
-                        "priority": 0,
-                        "body_encoding": "base64",
-                        "delivery_tag": tag(),
-                    },
-                })
+                v0, v1, v2, v3, v4 = route.event
+                event = "".join((
+                    v0, _value(utcoffset()), v1, _value(clock.forward()), v2,
+                    ", ".join([f"{string(k)}: {_value(v)}" for k, v in sent_event.items()]),
+                    v3, _value(time.time()), v4))
+                envelope = "".join((e0, string(b64(event)), e1, string(tag()), e2))
                 for topic in self.event_topics:
                     pipe.publish(topic, envelope)
+
+
+_SLOT = "\x00labq-slot-{}\x00"
+
+
+def _slot(i: int) -> str:
+    return _SLOT.format(i)
+
+
+def _fragments(obj: Any, tokens: Sequence[str]) -> tuple[str, ...]:
+    """The JSON text of ``obj`` cut at ``tokens`` (encoded slots), in order."""
+    rest, out = _JSON.encode(obj), []
+    for token in tokens:
+        head, sep, rest = rest.partition(token)
+        if not sep:
+            raise AssertionError(f"{token!r} not in the encoded template")
+        out.append(head)
+    return (*out, rest)
+
+
+def _envelope(headers: Any, properties: Mapping[str, Any], delivery_mode: Any,
+              delivery_info: Mapping[str, Any], priority: Any, body: Any, tag: Any) -> Any:
+    """kombu's Redis message: ``prepare_message`` + ``_inplace_augment_message``."""
+    return {
+        "body": body,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers,
+        "properties": {
+            **properties,
+            "delivery_mode": delivery_mode,
+            "delivery_info": dict(delivery_info),
+            "priority": priority,
+            "body_encoding": "base64",
+            "delivery_tag": tag,
+        },
+    }
+
+
+def _task_template(route: _Route) -> tuple[str, ...]:
+    slots = [_slot(i) for i in range(5)]
+    obj = _envelope(slots[1], {"correlation_id": slots[2], "reply_to": slots[3]},
+                    route.delivery_mode, {"exchange": route.exchange,
+                                          "routing_key": route.routing_key},
+                    route.priority, slots[0], slots[4])
+    return _fragments(obj, [_JSON.encode(x) for x in slots])
+
+
+def _event_template(evd: Any, route: _Route) -> tuple[str, ...]:
+    """celery.events.Event('task-sent', hostname=, utcoffset=, pid=, clock=, **fields)."""
+    slots = [_slot(i) for i in range(4)]
+    obj = {"hostname": evd.hostname, "utcoffset": slots[0], "pid": evd.pid, "clock": slots[1],
+           slots[2]: None, "queue": route.routing_key, "exchange": route.exchange,
+           "routing_key": route.routing_key, "timestamp": slots[3], "type": "task-sent"}
+    return _fragments(obj, [_JSON.encode(slots[0]), _JSON.encode(slots[1]),
+                            _JSON.encode(slots[2]) + ": null", _JSON.encode(slots[3])])
+
+
+def _event_envelope_template(evd: Any, exchange: str) -> tuple[str, ...]:
+    slots = [_slot(i) for i in range(2)]
+    obj = {
+        "body": slots[0],
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": evd.headers,
+        "properties": {
+            "delivery_mode": 1,
+            "delivery_info": {"exchange": exchange, "routing_key": "task.sent"},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": slots[1],
+        },
+    }
+    return _fragments(obj, [_JSON.encode(x) for x in slots])
+
+
+def _value(v: Any) -> str:
+    """``v`` as kombu's JSONEncoder writes it inside a container."""
+    t = type(v)
+    if t is str:
+        return encode_basestring_ascii(v)
+    if v is None:
+        return "null"
+    if t is int:
+        return int.__repr__(v)
+    if t is float and math.isfinite(v):
+        return float.__repr__(v)
+    return _JSON.encode(v)
 
 
 class _Closing:
@@ -339,9 +417,15 @@ def wire_for(app: Any, producer: Any, messages: Sequence[TaskMessage]) -> Wire |
     for m in messages:
         opts = m.options
         if (not _PLAIN_OPTIONS.issuperset(opts) or opts.get("serializer", "json") != "json"
-                or opts.get("compression") or "compression" in m.message[0]):
+                or opts.get("compression") or "compression" in m.message[0]
+                or tuple(m.message[1]) != ("correlation_id", "reply_to")):
             return None
-        events = events or bool(m.message[3])
+        sent_event = m.message[3]
+        if sent_event:
+            if not _EVENT_OWN.isdisjoint(sent_event) or not all(
+                    type(k) is str for k in sent_event):
+                return None
+            events = True
         if m.queue in routes:
             if routes[m.queue].priority != _priority(channel, m.options):
                 return None
@@ -359,14 +443,23 @@ def wire_for(app: Any, producer: Any, messages: Sequence[TaskMessage]) -> Wire |
                                  delivery_mode=mode, priority=priority, exchange="",
                                  routing_key=m.queue)
     if not events:
-        return Wire(producer, channel, routes, None, "", ())
+        return Wire(producer, channel, {q: replace(r, envelope=_task_template(r))
+                                        for q, r in routes.items()}, None, "", ())
     evd = amqp._event_dispatcher
     name = evd.exchange.name
     producer.maybe_declare(evd.exchange, retry=False)
     if not channel.supports_fanout or channel.typeof(name).type != "fanout":
         return None
-    return Wire(producer, channel, routes, evd, name,
-                tuple(channel._get_publish_topics(name, "task.sent")))
+    return Wire(producer, channel,
+                {q: replace(r, envelope=_task_template(r), event=_event_template(evd, r))
+                 for q, r in routes.items()}, evd, name,
+                tuple(channel._get_publish_topics(name, "task.sent")),
+                _event_envelope_template(evd, name))
+
+
+#: Event() fields set by the dispatcher and send_task_message, not the message.
+_EVENT_OWN = frozenset({"hostname", "utcoffset", "pid", "clock", "queue", "exchange",
+                        "routing_key", "timestamp", "type"})
 
 
 def _priority(channel: Any, options: Mapping[str, Any]) -> Any:
