@@ -97,12 +97,13 @@ def build(app: Any, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], *
     ignore_result = options.pop("ignore_result", None)
     if queue:
         options["queue"] = queue
-    options = dict(app.amqp.router.route(options, name, list(args), dict(kwargs), task))
+    amqp = app.amqp  # a cached property: looked up once, not three times
+    options = dict(amqp.router.route(options, name, list(args), dict(kwargs), task))
     queue = options.get("queue")
     queue_name = getattr(queue, "name", None) or str(queue or default_queue)
     options["queue"] = queue_name
-    maxsize = app.amqp.argsrepr_maxsize
-    message = app.amqp.create_task_message(
+    maxsize = amqp.argsrepr_maxsize
+    message = amqp.create_task_message(
         task_id, name, list(args), dict(kwargs),
         reply_to=app.thread_oid, time_limit=time_limit, soft_time_limit=soft_time_limit,
         create_sent_event=sent_event and app.conf.task_send_sent_event,
