@@ -260,7 +260,9 @@ def _hammer(url: str, index: int) -> None:
 
 def test_sixteen_processes_never_exceed_max_sessions(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: earlier tests leave threads in this process (event
+    # receivers, pools), and a fork taken while one holds a lock can hang.
+    ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_hammer, args=(redis_server.url, i)) for i in range(16)]
     for p in procs:
         p.start()
