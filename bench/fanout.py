@@ -49,9 +49,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from bench.common import busy_cpu, command_line, display, source_version, summary
+from bench.common import busy_cpu, command_line, display, source_version, summary, tree_cpu
 from bench.common import machine as common_machine
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -205,25 +203,6 @@ SIDES = {"labq": "A", "pool": "B", "celery": "C", "pcall": "D"}
 
 
 # -- CPU accounting of the long-lived processes --------------------------------
-
-
-def tree_cpu(pid: int | None, children: bool = True) -> float:
-    """User + system seconds of ``pid`` and its live descendants (0 when gone)."""
-    if pid is None:
-        return 0.0
-    total = 0.0
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *(root.children(recursive=True) if children else [])]
-    except psutil.Error:
-        return 0.0
-    for proc in procs:
-        try:
-            t = proc.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            continue
-    return total
 
 
 def service_cpu(stack: Any, sim: Any) -> dict[str, float]:

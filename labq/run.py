@@ -355,7 +355,7 @@ class Run:
                     raise RunTimeout(
                         f"run {self.id!r}: {len(self._pending()) or 'some'} tasks still "
                         f"running after {timeout} s; cancelled", self.outcomes)
-            self._pump_logs(bar, wait=False)
+            self._drain_logs(bar)
 
     def _refresh_changed(self) -> list[Outcome]:
         """Read the results the done stream announced; every pending result
@@ -414,31 +414,25 @@ class Run:
                     if task_id:
                         self._announced.add(task_id.decode())
                     continue
-                self._log_cursor = cursor
-                f = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
-                bar.log(f.get("device") or f.get("task_id", "")[:8], f.get("level", ""),
-                        f.get("message", ""))
+                self._show_log(bar, entry_id, fields)
 
-    def _pump_logs(self, bar: Progress, wait: bool = True) -> None:
-        """Print new log lines from the tasks; with ``wait`` the blocking read
-        paces the gathering loop."""
+    def _drain_logs(self, bar: Progress) -> None:
+        """Show the log lines written after the last wake, without waiting."""
         if not self.logs:
-            if wait:
-                time.sleep(POLL_INTERVAL)
             return
         try:
-            reply: Any = self.redis.xread({log_key(self.id): self._log_cursor}, count=500,
-                                          block=int(POLL_INTERVAL * 1000) if wait else None)
+            reply: Any = self.redis.xread({log_key(self.id): self._log_cursor}, count=500)
         except redis.RedisError:
-            if wait:
-                time.sleep(POLL_INTERVAL)
             return
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
-                self._log_cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                f = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
-                bar.log(f.get("device") or f.get("task_id", "")[:8], f.get("level", ""),
-                        f.get("message", ""))
+                self._show_log(bar, entry_id, fields)
+
+    def _show_log(self, bar: Progress, entry_id: Any, fields: dict[bytes, bytes]) -> None:
+        self._log_cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        f = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
+        bar.log(f.get("device") or f.get("task_id", "")[:8], f.get("level", ""),
+                f.get("message", ""))
 
     # -- cancelling -------------------------------------------------------
 
