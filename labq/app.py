@@ -19,6 +19,7 @@ from labq.errors import ConfigError
 from labq.redis_client import tls_options, uses_tls
 from labq.routing import DeviceRouter
 from labq.settings import Settings
+from labq.transport import TRANSPORT
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ class PreforkOnlyWorker(CeleryWorker):  # type: ignore[misc]
     def on_after_init(self, **kwargs: Any) -> None:
         check_pool(self.pool_cls)
         super().on_after_init(**kwargs)
+        if self.app.conf.broker_url.startswith(("redis://", "rediss://")):
+            # kombu's Redis transport reusing its clients (labq.transport); in
+            # the worker only: clients such as Flower derive URLs from it.
+            self.app.conf.broker_transport = TRANSPORT
         preload_for_fork()
         # labq.killing: children lead their own process group and may fork.
         from labq.killing import install
@@ -139,6 +144,19 @@ class LabqCelery(Celery):  # type: ignore[misc]
     def Worker(self) -> type[CeleryWorker]:  # noqa: N802 - Celery's own name
         return self.subclass_with_self(PreforkOnlyWorker)  # type: ignore[no-any-return]
 
+    def _get_backend(self) -> Any:
+        # Celery's Redis backend becomes labq's (labq.backend): the same
+        # records, one round trip per state change. Any other stays as set.
+        from celery.app import backends
+        from celery.backends.redis import RedisBackend
+
+        from labq.backend import LabqRedisBackend
+
+        cls, url = backends.by_url(self.backend_cls or self.conf.result_backend, self.loader)
+        if cls is RedisBackend:
+            cls = LabqRedisBackend
+        return cls(app=self, url=url)
+
 
 def task_modules(package: str = TASK_PACKAGE) -> list[str]:
     """Every module of the task package, so workers register all its tasks."""
@@ -188,6 +206,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.time_limit,
         # Flower sees queued tasks only with sent events.
         "worker_send_task_events": True,
+        # Task events go out in batches, at most 50 ms late (labq.consumer).
+        "worker_consumer": "labq.consumer:LabqConsumer",
         "task_send_sent_event": True,
         "task_track_started": True,
         "result_extended": True,

@@ -186,11 +186,11 @@ class LabqTask(Task):  # type: ignore[misc]
 
     def after_return(self, status: str, retval: Any, task_id: str, args: Any,
                      kwargs: Any, einfo: Any) -> None:
-        # Celery calls this after it stored the result: wake the run's client.
-        # A hard kill or a revoke is stored by the main process and pushes
-        # nothing; the client's fallback read covers those.
+        # labq's result backend announces the end with the stored result
+        # (labq.backend); another backend needs the announcement from here.
         run_id = (kwargs or {}).get(RUN_KWARG)
-        if run_id is None or getattr(self.request, "called_directly", True):
+        if (run_id is None or getattr(self.request, "called_directly", True)
+                or getattr(self.backend, "announces_done", False)):
             return
         try:
             settings = self.app.labq_settings

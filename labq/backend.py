@@ -1,0 +1,95 @@
+"""The result backend: Celery's Redis backend, one round trip per state change.
+
+Celery's ``RedisBackend`` stores a state in two round trips: a ``GET`` (so a
+late duplicate never overwrites ``SUCCESS``), then ``MULTI SETEX PUBLISH
+EXEC``. A labq task changes state twice (``STARTED``, then its result), and
+labq used to announce the end to its run in a third command
+(``XADD labq:run:<id>:done``). :class:`LabqRedisBackend` does each change in
+one script instead, with the same check, the same key, value, expiry and
+channel, so plain Celery clients (``AsyncResult.get()``, Flower) see no
+difference.
+
+Because the announcement now rides with the stored result, an end stored by
+the worker's main process (a hard time-limit kill, a revoke, a lost child)
+also wakes the run at once, which an ``after_return`` hook in the child
+could not do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import states
+from celery.backends.redis import RedisBackend
+from celery.exceptions import BackendStoreError
+from kombu.utils.encoding import bytes_to_str
+
+from labq.task_base import DONE_STREAM_MAXLEN, RUN_KWARG, RUN_TTL, done_key
+
+# KEYS: result key [, done stream]; ARGV: value, expiry (0: none), task id,
+# state, stream maxlen, stream ttl. As RedisBackend: never overwrite SUCCESS.
+STORE_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+local stored = 1
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
+    stored = 0
+  end
+end
+if stored == 1 then
+  if tonumber(ARGV[2]) > 0 then
+    redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
+  else
+    redis.call('SET', KEYS[1], ARGV[1])
+  end
+  redis.call('PUBLISH', KEYS[1], ARGV[1])
+end
+if KEYS[2] then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'task_id', ARGV[3], 'status', ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+end
+return stored
+"""
+
+
+def run_of(request: Any) -> str | None:
+    """The labq run id a task request carries, if any."""
+    kwargs = getattr(request, "kwargs", None)
+    run_id = kwargs.get(RUN_KWARG) if isinstance(kwargs, dict) else None
+    return str(run_id) if run_id else None
+
+
+class LabqRedisBackend(RedisBackend):  # type: ignore[misc]
+    """``RedisBackend`` whose state changes take one round trip each, and whose
+    final states also announce the task on its run's done stream."""
+
+    #: labq.task_base reads this: the backend announces ends itself.
+    announces_done = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._store_script: Any = None
+
+    def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
+                      request: Any = None, **kwargs: Any) -> Any:
+        meta = self._get_result_meta(result=result, state=state, traceback=traceback,
+                                     request=request)
+        meta["task_id"] = bytes_to_str(task_id)
+        value = self.encode(meta)
+        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError("value too large for Redis backend", state=state,
+                                    task_id=task_id)
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        run_id = run_of(request) if state in states.READY_STATES else None
+        self.ensure(self._store, (self.get_key_for_task(task_id), value, expires or 0,
+                                  task_id, state, run_id))
+        return result
+
+    def _store(self, key: str, value: Any, expires: float, task_id: str, state: str,
+               run_id: str | None) -> Any:
+        if self._store_script is None:  # EVALSHA, and EVAL again after a Redis restart
+            self._store_script = self.client.register_script(STORE_SCRIPT)
+        keys = [key] if run_id is None else [key, done_key(run_id)]
+        return self._store_script(keys=keys, args=[value, int(expires), task_id, state,
+                                                   DONE_STREAM_MAXLEN, RUN_TTL])
