@@ -75,7 +75,7 @@ class LabqRedisBackend(RedisBackend):  # type: ignore[misc]
                       request: Any = None, **kwargs: Any) -> Any:
         meta = self._get_result_meta(result=result, state=state, traceback=traceback,
                                      request=request)
-        meta["task_id"] = bytes_to_str(task_id)
+        meta["task_id"] = bytes_to_str(task_id)  # type: ignore[no-untyped-call]
         value = self.encode(meta)
         if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
             raise BackendStoreError("value too large for Redis backend", state=state,

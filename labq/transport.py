@@ -23,11 +23,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:  # BRPOP and pub/sub: kombu caches those itself
-            return super()._create_client(asynchronous=True)
+            return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
         client = self._labq_client
         # A new pool (after kombu dropped the old one) needs a new client.
         if client is None or client.connection_pool is not self.pool:
-            client = self._labq_client = super()._create_client()
+            client = self._labq_client = super()._create_client()  # type: ignore[no-untyped-call]
         return client
 
 
