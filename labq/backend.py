@@ -70,6 +70,9 @@ class LabqRedisBackend(RedisBackend):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._store_script: Any = None
+        #: The STARTED state of the run task about to start in this prefork
+        #: child, left for LabqTask to write with its start record.
+        self._started: tuple[str, tuple[Any, ...]] | None = None
 
     def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
                       request: Any = None, **kwargs: Any) -> Any:
@@ -81,15 +84,48 @@ class LabqRedisBackend(RedisBackend):  # type: ignore[misc]
             raise BackendStoreError("value too large for Redis backend", state=state,
                                     task_id=task_id)
         expires = self.failure_expires if state == states.FAILURE else self.expires
-        run_id = run_of(request) if state in states.READY_STATES else None
-        self.ensure(self._store, (self.get_key_for_task(task_id), value, expires or 0,
-                                  task_id, state, run_id))
+        run_id = run_of(request)
+        args = (self.get_key_for_task(task_id), value, expires or 0, task_id, state,
+                run_id if state in states.READY_STATES else None)
+        if state == states.STARTED and run_id is not None and self._defers_started(request):
+            self._started = (task_id, args)
+            return result
+        self.ensure(self._store, args)
         return result
+
+    def _defers_started(self, request: Any) -> bool:
+        from labq.task_base import LabqTask
+
+        return isinstance(self.app.tasks.get(getattr(request, "task", None)), LabqTask)
+
+    def take_started(self, task_id: str) -> tuple[Any, ...] | None:
+        """The STARTED store left for ``task_id`` (see ``store``), once."""
+        pending, self._started = self._started, None
+        return pending[1] if pending is not None and pending[0] == task_id else None
+
+    def store(self, args: tuple[Any, ...], pipe: Any = None) -> Any:
+        """Store a state (``args`` as ``_store_result`` builds them).
+
+        With ``pipe``, only queue a bare ``EVALSHA`` on it: LabqTask writes
+        STARTED in its start-record pipeline. (redis-py would add a ``SCRIPT
+        EXISTS`` round trip per pipeline for a registered script.) If that
+        reply is ``NOSCRIPT`` (Redis restarted), call ``store(args)`` again.
+        """
+        if pipe is None:
+            return self.ensure(self._store, args)
+        key, value, expires, task_id, state, run_id = args
+        keys = [key] if run_id is None else [key, done_key(run_id)]
+        return pipe.evalsha(self._script().sha, len(keys), *keys, value, int(expires), task_id,
+                            state, DONE_STREAM_MAXLEN, RUN_TTL)
+
+    def _script(self) -> Any:
+        if self._store_script is None:  # EVALSHA, and EVAL again after a Redis restart
+            self._store_script = self.client.register_script(STORE_SCRIPT)
+            self._store_script.sha = self.client.script_load(STORE_SCRIPT)
+        return self._store_script
 
     def _store(self, key: str, value: Any, expires: float, task_id: str, state: str,
                run_id: str | None) -> Any:
-        if self._store_script is None:  # EVALSHA, and EVAL again after a Redis restart
-            self._store_script = self.client.register_script(STORE_SCRIPT)
         keys = [key] if run_id is None else [key, done_key(run_id)]
-        return self._store_script(keys=keys, args=[value, int(expires), task_id, state,
-                                                   DONE_STREAM_MAXLEN, RUN_TTL])
+        return self._script()(keys=keys, args=[value, int(expires), task_id, state,
+                                                DONE_STREAM_MAXLEN, RUN_TTL])

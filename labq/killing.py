@@ -254,6 +254,22 @@ class KillingRequest(Request):  # type: ignore[misc]
                 self.on_killed()
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
+    def _announce_cancelled(self, emit_retry: bool = True) -> None:
+        # Celery cancels running late-ack tasks when the worker loses Redis
+        # and stores RETRY, so the message, redelivered after the visibility
+        # timeout, runs the task again. labq ends the task as cancelled
+        # instead: its run fences it (Run._fence_stopped), nothing runs twice,
+        # and nobody waits an hour for the redelivery.
+        if emit_retry:
+            try:
+                self.task.backend.mark_as_revoked(
+                    self.id, "cancelled: the worker lost its connection to Redis",
+                    request=self._context, store_result=self.store_errors)
+            except Exception as exc:  # the run's liveness check still settles it
+                log.warning("task %s cancelled on a lost connection; its end was not "
+                            "stored: %s", self.id, exc)
+        super()._announce_cancelled(emit_retry=False)
+
     def on_timeout(self, soft: bool, timeout: float) -> None:
         if not soft:
             self._kill_tree("hard time limit")

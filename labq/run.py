@@ -123,19 +123,22 @@ class Run:
         """
         name, soft, hard = self._prepare(task, soft_time_limit, time_limit)
         check_json(name, args, kwargs)
-        task_id = str(uuid.uuid4())
         device = kwargs.get("device") or (args[0] if args and self._is_device_task(name) else None)
         body = {**kwargs, RUN_KWARG: self.id, SCRIPT_KWARG: self.script}
-        # Routing first: an unknown device is refused here, before any publish.
-        route = self.app.amqp.router.route({}, name, args, body, self.app.tasks.get(name))
-        queue = route.get("queue")
-        queue_name = getattr(queue, "name", None) or str(queue or self.settings.default_queue)
-        self._send(task_id, (name, list(args), body, queue_name, soft, hard))
-        self._order.append(task_id)
-        self._outcomes[task_id] = Outcome(
-            task_id=task_id, task=name, device=str(device) if device else None,
-            status=Status.QUEUED, queued_at=datetime.now(timezone.utc))
-        return task_id
+        # Routing runs in build: an unknown device is refused before any publish.
+        message = publish.build(
+            self.app, name, args, body, task_id=str(uuid.uuid4()),
+            device=str(device) if device else None, default_queue=self.settings.default_queue,
+            soft_time_limit=soft, time_limit=hard)
+        try:
+            publish.publish(self.app, [message], broker=mask_url(self.settings.broker_url))
+        except PartialSubmit as exc:
+            maybe = " (it may have been queued)" if exc.uncertain else ""
+            raise BrokerUnavailable(
+                f"cannot submit {name} as task {message.task_id}{maybe}: Redis at "
+                f"{mask_url(self.settings.broker_url)} failed: {exc.__cause__}") from exc
+        self._track_published([message], soft, hard, args=list(args))
+        return message.task_id
 
     def submit_many(self, task: Any, kwargs_list: Iterable[Mapping[str, Any]], *,
                     soft_time_limit: float | None = None, time_limit: float | None = None,
@@ -172,12 +175,13 @@ class Run:
         return [m.task_id for m in messages]
 
     def _track_published(self, messages: Iterable[publish.TaskMessage],
-                         soft: float | None = None, hard: float | None = None) -> None:
+                         soft: float | None = None, hard: float | None = None,
+                         args: list[Any] | None = None) -> None:
         now = datetime.now(timezone.utc)
         for m in messages:
             body = m.message[2][1]  # protocol 2 body: (args, kwargs, embed)
             self._queues.add(m.queue)
-            self._calls[m.task_id] = (m.name, [], body, m.queue, soft, hard)
+            self._calls[m.task_id] = (m.name, args or [], body, m.queue, soft, hard)
             self._order.append(m.task_id)
             self._outcomes[m.task_id] = Outcome(task_id=m.task_id, task=m.name, device=m.device,
                                                 status=Status.QUEUED, queued_at=now)

@@ -148,13 +148,20 @@ class LabqTask(Task):  # type: ignore[misc]
         kwargs.pop(SCRIPT_KWARG, None)
         if run_id is None or getattr(self.request, "called_directly", True):
             return self.run(*args, **kwargs)
-        client = worker_redis(self.app.labq_settings.broker_url, self.app.labq_settings)
+        settings = self.app.labq_settings
+        client = worker_redis(settings.broker_url, settings)
         task_id = self.request.id
         # Record the start, then check the cancel flag: a cancel sets the flag,
         # then reads the starts, so every task is either seen running (and
         # interrupted) or sees the flag here. A pipeline keeps that order on
         # one connection; no MULTI/EXEC is needed for it.
         pipe = client.pipeline(transaction=False)
+        # labq's backend left the STARTED state to this round trip (labq.backend).
+        take = getattr(self.backend, "take_started", None)
+        started = take(task_id) if take is not None else None
+        shared = started is not None and settings.backend_url == settings.broker_url
+        if started is not None:
+            self.backend.store(started, pipe if shared else None)
         pipe.hset(starts_key(run_id), task_id, json.dumps({
             "at": time.time(), "worker": self.request.hostname or "",
             "slot": slot_name(self.request.hostname), "pid": os.getpid(),
@@ -162,7 +169,13 @@ class LabqTask(Task):  # type: ignore[misc]
         pipe.expire(starts_key(run_id), RUN_TTL)
         pipe.exists(cancel_key(run_id))
         pipe.hexists(fenced_key(run_id), task_id)
-        *_, cancelled, fenced = pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
+        if shared and isinstance(replies[0], redis.exceptions.NoScriptError):
+            replies[0] = self.backend.store(started)  # Redis restarted: load it again
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        cancelled, fenced = replies[-2:]
         if fenced:
             # Its run declared it lost (or ran it again) when its first worker
             # died; a redelivered message must not run it a second time.

@@ -22,6 +22,7 @@ options beyond queue and priority.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import time
@@ -78,8 +79,7 @@ class Wire:
     def pipeline(self) -> Any:
         """A non-transactional pipeline on the producer's Redis client, as kombu's batch."""
         stack = ExitStack()
-        client = stack.enter_context(self.channel.conn_or_acquire())
-        pipe = client.pipeline(transaction=False)
+        pipe = _client(self.channel).pipeline(transaction=False)
         stack.callback(pipe.reset)
         return _Closing(pipe, stack)
 
@@ -94,10 +94,10 @@ class Wire:
         tag = channel._next_delivery_tag
         text, string, b64 = _JSON.encode, encode_basestring_ascii, _b64
         for name in {m.queue for m in part}:  # cached by kombu: one SADD per queue ever
-            self.producer.maybe_declare(self.routes[name].entity, retry=False)
+            _maybe_declare(self.producer, self.routes[name].entity)
         evd = self.dispatcher
         if evd is not None:
-            self.producer.maybe_declare(evd.exchange, retry=False)
+            _maybe_declare(self.producer, evd.exchange)
             clock = evd.clock
             e0, e1, e2 = self.event_envelope
         for m in part:
@@ -161,31 +161,49 @@ def _envelope(headers: Any, properties: Mapping[str, Any], delivery_mode: Any,
 
 
 def _task_template(route: _Route) -> tuple[str, ...]:
+    return _task_fragments(route.delivery_mode, route.exchange, route.routing_key,
+                           route.priority)
+
+
+# Templates are cached: a run submitting one task at a time builds them once.
+@functools.lru_cache(maxsize=256)
+def _task_fragments(delivery_mode: int, exchange: str, routing_key: str,
+                    priority: Any) -> tuple[str, ...]:
     slots = [_slot(i) for i in range(5)]
     obj = _envelope(slots[1], {"correlation_id": slots[2], "reply_to": slots[3]},
-                    route.delivery_mode, {"exchange": route.exchange,
-                                          "routing_key": route.routing_key},
-                    route.priority, slots[0], slots[4])
+                    delivery_mode, {"exchange": exchange, "routing_key": routing_key},
+                    priority, slots[0], slots[4])
     return _fragments(obj, [_JSON.encode(x) for x in slots])
 
 
 def _event_template(evd: Any, route: _Route) -> tuple[str, ...]:
     """celery.events.Event('task-sent', hostname=, utcoffset=, pid=, clock=, **fields)."""
+    return _event_fragments(evd.hostname, evd.pid, route.exchange, route.routing_key)
+
+
+@functools.lru_cache(maxsize=256)
+def _event_fragments(hostname: str, pid: int, exchange: str,
+                     routing_key: str) -> tuple[str, ...]:
     slots = [_slot(i) for i in range(4)]
-    obj = {"hostname": evd.hostname, "utcoffset": slots[0], "pid": evd.pid, "clock": slots[1],
-           slots[2]: None, "queue": route.routing_key, "exchange": route.exchange,
-           "routing_key": route.routing_key, "timestamp": slots[3], "type": "task-sent"}
+    obj = {"hostname": hostname, "utcoffset": slots[0], "pid": pid, "clock": slots[1],
+           slots[2]: None, "queue": routing_key, "exchange": exchange,
+           "routing_key": routing_key, "timestamp": slots[3], "type": "task-sent"}
     return _fragments(obj, [_JSON.encode(slots[0]), _JSON.encode(slots[1]),
                             _JSON.encode(slots[2]) + ": null", _JSON.encode(slots[3])])
 
 
 def _event_envelope_template(evd: Any, exchange: str) -> tuple[str, ...]:
+    return _event_envelope_fragments(_JSON.encode(evd.headers), exchange)
+
+
+@functools.lru_cache(maxsize=64)
+def _event_envelope_fragments(headers: str, exchange: str) -> tuple[str, ...]:
     slots = [_slot(i) for i in range(2)]
     obj = {
         "body": slots[0],
         "content-encoding": "utf-8",
         "content-type": "application/json",
-        "headers": evd.headers,
+        "headers": json.loads(headers),
         "properties": {
             "delivery_mode": 1,
             "delivery_info": {"exchange": exchange, "routing_key": "task.sent"},
@@ -222,6 +240,26 @@ class _Closing:
 
     def __exit__(self, *exc: object) -> None:
         self.stack.close()
+
+
+def _client(channel: Any) -> Any:
+    """One Redis client per kombu channel and pool: kombu builds a new one per
+    command, which costs more than a one-message pipeline (labq.transport)."""
+    client = getattr(channel, "_labq_client", None)
+    if client is None or client.connection_pool is not channel.pool:
+        client = channel._create_client()
+        channel._labq_client = client
+    return client
+
+
+def _maybe_declare(producer: Any, entity: Any) -> None:
+    """``producer.maybe_declare(entity)``, skipped when kombu's own cache of
+    declared entities has it (kombu binds a copy of the entity before it looks)."""
+    connection = getattr(getattr(producer.channel, "connection", None), "client", None)
+    declared = getattr(connection, "declared_entities", ())
+    if entity.can_cache_declaration and hash(entity) in declared:
+        return
+    producer.maybe_declare(entity, retry=False)
 
 
 def _b64(payload: str) -> str:
@@ -305,7 +343,7 @@ def wire_for(app: Any, producer: Any, messages: Sequence[TaskMessage]) -> Wire |
                                         for q, r in routes.items()}, None, "", ())
     evd = amqp._event_dispatcher
     name = evd.exchange.name
-    producer.maybe_declare(evd.exchange, retry=False)
+    _maybe_declare(producer, evd.exchange)
     if not channel.supports_fanout or channel.typeof(name).type != "fanout":
         return None
     return Wire(producer, channel,
