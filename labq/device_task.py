@@ -182,7 +182,10 @@ def _take_lease(task: DeviceTask, leases: Leases, device: str, max_sessions: int
     """
     holder = task.request.id
     since_key = f"labq:waitsince:{holder}"
-    raw = leases.client.get(since_key)
+    # Only a retry or a redelivery can have waited before: a first try skips the read.
+    request = task.request
+    again = request.retries or (request.delivery_info or {}).get("redelivered")
+    raw = leases.client.get(since_key) if again else None
     since = float(raw) if raw else None
     slot_deadline = time.monotonic() + IN_SLOT_WAIT
     while True:

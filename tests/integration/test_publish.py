@@ -24,6 +24,7 @@ from labq.app import LabqCelery, create_app
 from labq.errors import PartialSubmit, SubmitError, TimeLimitError, UnknownDevice
 from labq.redis_server import RedisServer
 from labq.settings import Settings
+from labq.task_base import RUN_KWARG, SCRIPT_KWARG
 from tasks import device, diag
 
 QUEUES = ("labq", "lab-a", "lab-b")
@@ -271,3 +272,27 @@ def test_a_failure_mid_batch_names_what_was_queued(lone_app: LabqCelery,
     assert [o.task_id for o in run.outcomes] == err.queued
     queued = [json.loads(raw)["headers"]["id"] for raw in redis_client.lrange("labq", 0, -1)]
     assert sorted(queued) == sorted(err.queued)
+
+
+def test_run_submit_publishes_what_send_task_publishes(lone_app: LabqCelery,
+                                                       redis_client: redis.Redis) -> None:
+    """Run.submit goes through the raw path too: its message is the text
+    app.send_task publishes for the same call (delivery tag aside)."""
+    app = lone_app
+    run = labq.Run("single", app=app, progress=False)
+    try:
+        redis_client.delete("labq")
+        task_id = run.submit(diag.echo, "ä", soft_time_limit=5, time_limit=10)
+        body = {RUN_KWARG: run.id, SCRIPT_KWARG: run.script}
+        app.send_task(diag.echo.name, args=["ä"], kwargs=body, task_id=task_id, queue="labq",
+                      soft_time_limit=5, time_limit=10)
+        kombu_text, raw_text = redis_client.lrange("labq", 0, -1)
+    finally:
+        run.close()
+        redis_client.delete("labq")
+    (raw_env, raw_body), (kombu_env, _kombu_body) = unwrap(raw_text), unwrap(kombu_text)
+    tag = raw_env["properties"]["delivery_tag"]
+    assert raw_text.replace(tag.encode(), kombu_env["properties"]["delivery_tag"].encode()) == \
+        kombu_text
+    assert raw_body[0] == ["ä"] and raw_body[1] == body
+    assert [o.status for o in run.outcomes] == [labq.Status.QUEUED]

@@ -1,0 +1,147 @@
+"""labq's result backend (labq.backend): Celery's records in one round trip
+per state, with each end announced on its run's done stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import states
+from celery.app.task import Context
+from celery.backends.redis import RedisBackend
+
+import labq
+from labq.app import LabqCelery, create_app
+from labq.backend import LabqRedisBackend
+from labq.redis_server import RedisServer
+from labq.settings import Settings
+from labq.stack import Stack
+from labq.task_base import RUN_KWARG, done_key
+from tasks import diag
+
+
+@pytest.fixture()
+def lone_app(redis_server: RedisServer, tmp_path: Path) -> Iterator[LabqCelery]:
+    """An app on a Redis no worker uses: the backend alone."""
+    settings = Settings.load(env={}, config_file=os.devnull, state_dir=tmp_path,
+                             broker_url=redis_server.url)
+    a = create_app(settings)
+    yield a
+    a.close()
+
+
+def request(app: LabqCelery, task_id: str, run_id: str | None) -> Context:
+    kwargs = {"value": 1} if run_id is None else {"value": 1, RUN_KWARG: run_id}
+    return Context(id=task_id, task=diag.echo.name, args=[], kwargs=kwargs,
+                   hostname="w@test", delivery_info={"routing_key": "labq"})
+
+
+def done_entries(client: redis.Redis, run_id: str) -> list[tuple[str, str]]:
+    """(task id, status) of each entry on the run's done stream, in order."""
+    entries: Any = client.xrange(done_key(run_id))
+    return [(f[b"task_id"].decode(), f[b"status"].decode()) for _id, f in entries]
+
+
+def test_the_app_uses_it_and_stores_what_celerys_backend_stores(
+        lone_app: LabqCelery, redis_client: redis.Redis) -> None:
+    backend = lone_app.backend
+    assert isinstance(backend, LabqRedisBackend)
+    stock = RedisBackend(app=lone_app, url=lone_app.conf.result_backend)
+    ours = request(lone_app, "stored-ours", None)
+    theirs = request(lone_app, "stored-stock", None)
+    backend.store_result("stored-ours", {"ok": [1, "ä"]}, states.SUCCESS, request=ours)
+    stock.store_result("stored-stock", {"ok": [1, "ä"]}, states.SUCCESS, request=theirs)
+    a = json.loads(redis_client.get(backend.get_key_for_task("stored-ours")) or "{}")
+    b = json.loads(redis_client.get(stock.get_key_for_task("stored-stock")) or "{}")
+    for meta in (a, b):
+        meta.pop("date_done")
+        meta.pop("task_id")
+    assert a == b and a["status"] == "SUCCESS" and a["result"] == {"ok": [1, "ä"]}
+    ttl = redis_client.ttl(backend.get_key_for_task("stored-ours"))
+    assert 0 < ttl <= int(lone_app.conf.result_expires)
+    stock.client.close()
+
+
+def test_success_is_never_overwritten(lone_app: LabqCelery) -> None:
+    backend = lone_app.backend
+    ctx = request(lone_app, "done-once", None)
+    backend.store_result("done-once", 42, states.SUCCESS, request=ctx)
+    backend.store_result("done-once", {"pid": 1}, states.STARTED, request=ctx)
+    backend.store_result("done-once", None, states.RETRY, request=ctx)
+    meta = backend.get_task_meta("done-once")
+    assert (meta["status"], meta["result"]) == ("SUCCESS", 42)
+
+
+def test_ends_of_run_tasks_are_announced_and_nothing_else(
+        lone_app: LabqCelery, redis_client: redis.Redis) -> None:
+    backend = lone_app.backend
+    run_id = "announce-run"
+    redis_client.delete(done_key(run_id))
+    backend.store_result("t-retry", None, states.RETRY, request=request(lone_app, "t-retry", run_id))
+    backend.store_result("t-ok", 1, states.SUCCESS, request=request(lone_app, "t-ok", run_id))
+    backend.mark_as_failure("t-bad", ValueError("no"), request=request(lone_app, "t-bad", run_id))
+    backend.mark_as_revoked("t-rev", "revoked", request=request(lone_app, "t-rev", run_id))
+    backend.store_result("t-plain", 1, states.SUCCESS, request=request(lone_app, "t-plain", None))
+    assert done_entries(redis_client, run_id) == [
+        ("t-ok", "SUCCESS"), ("t-bad", "FAILURE"), ("t-rev", "REVOKED")]
+    assert redis_client.ttl(done_key(run_id)) > 0
+
+
+def test_a_plain_celery_client_still_gets_its_result(app: LabqCelery) -> None:
+    # The result channel's PUBLISH is kept: get() wakes on it.
+    plain = app.send_task(diag.echo.name, args=["plain"], queue="labq")
+    assert plain.get(timeout=30) == "plain"
+    running = app.send_task(diag.sleep.name, kwargs={"seconds": 1.0}, queue="labq")
+    deadline = time.monotonic() + 20
+    while running.state != "STARTED" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running.state == "STARTED"
+    assert running.get(timeout=30)["slept"] == 1.0
+
+
+def test_a_run_task_is_started_then_done_with_its_start_record(app: LabqCelery) -> None:
+    with labq.Run("started", app=app, progress=False) as run:
+        task_id = run.submit(diag.sleep, seconds=1.0)
+        deadline = time.monotonic() + 20
+        while app.AsyncResult(task_id).state != "STARTED" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        meta = app.backend.get_task_meta(task_id)
+        assert meta["status"] == "STARTED" and meta["result"]["hostname"]
+        assert meta["kwargs"][RUN_KWARG] == run.id
+    (outcome,) = run.outcomes
+    assert outcome.status is labq.Status.SUCCEEDED and outcome.started_at is not None
+
+
+def test_the_store_script_is_loaded_again_after_redis_forgets_it(
+        app: LabqCelery, stack: Stack) -> None:
+    client = redis.Redis.from_url(stack.settings.broker_url)
+    try:
+        with labq.Run("noscript", app=app, progress=False) as run:
+            run.submit(diag.echo, value=1)
+        client.script_flush()  # as a Redis restart does
+        with labq.Run("noscript", app=app, progress=False) as run:
+            ids = [run.submit(diag.echo, value=i) for i in range(8)]
+        assert [o.status for o in run.outcomes] == [labq.Status.SUCCEEDED] * 8
+        assert [o.value for o in run.outcomes] == list(range(8))
+        assert {t for t, _status in done_entries(client, run.id)} == set(ids)
+    finally:
+        client.close()
+
+
+def test_a_hard_kill_stored_by_the_main_process_wakes_the_run(app: LabqCelery) -> None:
+    with labq.Run("hard-announce", app=app, progress=False) as run:
+        task_id = run.submit(diag.stubborn, soft_time_limit=1, time_limit=2)
+    (outcome,) = run.outcomes
+    assert outcome.status is labq.Status.HARD_TIMEOUT
+    client = redis.Redis.from_url(app.conf.result_backend)
+    try:
+        # Celery stores a hard kill twice (on_timeout, then on_failure).
+        assert set(done_entries(client, run.id)) == {(task_id, "FAILURE")}
+    finally:
+        client.close()

@@ -1,0 +1,106 @@
+"""The worker's kombu transport (labq.transport) and event batching
+(labq.consumer): less work per task, the same traffic."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu.connection import Connection
+
+import labq
+from labq.app import LabqCelery, create_app
+from labq.consumer import EVENT_FLUSH_INTERVAL, LabqConsumer
+from labq.redis_server import RedisServer
+from labq.settings import Settings
+from labq.transport import TRANSPORT, Channel
+
+
+@pytest.fixture()
+def lone_app(redis_server: RedisServer, tmp_path: Path) -> Iterator[LabqCelery]:
+    settings = Settings.load(env={}, config_file=os.devnull, state_dir=tmp_path,
+                             broker_url=redis_server.url)
+    a = create_app(settings)
+    yield a
+    a.close()
+
+
+def test_a_channel_reuses_one_client_per_pool(redis_server: RedisServer) -> None:
+    with Connection(redis_server.url, transport=TRANSPORT) as conn:  # type: ignore[no-untyped-call]
+        channel = conn.default_channel
+        assert isinstance(channel, Channel)
+        with channel.conn_or_acquire() as a, channel.conn_or_acquire() as b:
+            assert a is b
+            assert a.ping()
+        channel._pool = None  # kombu drops its pool (after a connection error)
+        with channel.conn_or_acquire() as c:
+            assert c is not a and c.connection_pool is channel.pool
+            assert c.ping()
+
+
+def test_clients_keep_kombus_transport_and_plain_urls(lone_app: LabqCelery) -> None:
+    # Flower picks its broker view by the URL scheme: only workers swap transports.
+    with lone_app.connection_for_write() as conn:
+        assert conn.as_uri().startswith("redis://")
+        assert not isinstance(conn.default_channel, Channel)
+
+
+class _Hub:
+    """The two hub calls the consumer makes, recorded."""
+
+    def __init__(self) -> None:
+        self.later: list[tuple[float, Any]] = []
+
+    def call_later(self, delay: float, callback: Any) -> None:
+        self.later.append((delay, callback))
+
+
+def test_buffered_events_are_flushed_once_per_interval() -> None:
+    consumer = LabqConsumer.__new__(LabqConsumer)
+    consumer.hub = hub = _Hub()
+    flushed: list[int] = []
+    consumer._flush_events = lambda: flushed.append(1)  # type: ignore[method-assign]
+    for _ in range(5):
+        consumer.on_send_event_buffered()
+    assert [delay for delay, _cb in hub.later] == [EVENT_FLUSH_INTERVAL]
+    hub.later[0][1]()  # the timer fires
+    assert flushed == [1]
+    consumer.on_send_event_buffered()
+    assert len(hub.later) == 2
+
+
+def test_workers_send_every_task_event_in_order(app: LabqCelery) -> None:
+    """Celery's event Receiver (what Flower runs) gets received, started and
+    succeeded for every task, in that order, from the batching consumer."""
+    from tasks import diag
+
+    flow = ("task-received", "task-started", "task-succeeded")
+    seen: dict[str, list[str]] = {}
+    listening = threading.Event()
+
+    def record(event: dict[str, Any]) -> None:
+        listening.set()  # worker heartbeats arrive every 2 s
+        if event["type"] in flow:
+            seen.setdefault(event["uuid"], []).append(event["type"])
+
+    with app.connection_for_read() as conn:
+        receiver = app.events.Receiver(conn, handlers={"*": record})
+        thread = threading.Thread(target=receiver.capture,
+                                  kwargs={"limit": None, "timeout": 60, "wakeup": False})
+        thread.start()
+        try:
+            assert listening.wait(20), "the receiver got no event at all"
+            with labq.Run("events", app=app, progress=False) as run:
+                ids = run.submit_many(diag.echo, [{"value": i} for i in range(10)])
+            deadline = time.monotonic() + 20
+            while any(len(seen.get(t, [])) < 3 for t in ids) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            receiver.should_stop = True
+            thread.join(5)
+    assert {t: seen.get(t) for t in ids} == {t: list(flow) for t in ids}
