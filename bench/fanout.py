@@ -26,6 +26,10 @@ What is warm, and what each makespan counts:
   pool's teardown after the results are in is not counted. ``netmiko`` and
   the testbed are loaded in the parent before the fork, as labq's workers
   preload them.
+- B's and D's processes run at the niceness labq gives its prefork children
+  (``child_nice``, 10 by default), so every side's task code has the same
+  priority against the simulated lab; only labq's worker main processes
+  (and Redis) run at the default.
 
 The ideal makespan is ``ceil(N/C) x t1`` where ``t1`` is the median of
 ``--samples`` serial connect + ``show version`` + close on one device.
@@ -57,6 +61,16 @@ COMMAND = "show version"
 
 #: The testbed side B's children read; loaded in the parent before the fork.
 _TESTBED: Any = None
+#: Niceness of the pool's and pcall's processes: labq's ``child_nice``.
+_NICE = 0
+_niced: set[int] = set()
+
+
+def _renice() -> None:
+    """Once per process: the niceness labq's prefork children run at."""
+    if _NICE and os.getpid() not in _niced:
+        _niced.add(os.getpid())
+        os.nice(_NICE)
 
 
 # -- side B: the same netmiko code under a local multiprocessing.Pool ---------
@@ -66,6 +80,7 @@ def local_task(name: str) -> tuple[str, float, float, int]:
     """connect + ``show version`` + close on ``name``: (device, start, end, pid)."""
     from labq.drivers import open_session
 
+    _renice()
     start = time.time()
     session = open_session(_TESTBED.device(name))
     try:
@@ -296,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--sides: unknown {sorted(unknown)} or no pool (ratios are to pool)")
     if args.concurrency < 2 or args.concurrency % 2:
         raise SystemExit("--concurrency must be even: it is split over two workers")
-    global _TESTBED
+    global _TESTBED, _NICE
     from bench.common import BenchLab
 
     started = time.perf_counter()
@@ -317,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack_start = time.perf_counter() - t_stack
         names = lab.names
         _TESTBED = lab.testbed
+        _NICE = lab.stack.settings.child_nice
         t1_samples = serial_task_time(_TESTBED, names[0], args.samples)
         t1 = statistics.median(t1_samples)
         ideal = math.ceil(n / c) * t1

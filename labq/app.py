@@ -43,7 +43,7 @@ class PreforkOnlyWorker(CeleryWorker):  # type: ignore[misc]
         # labq.killing: children lead their own process group and may fork.
         from labq.killing import install
 
-        install()
+        install(child_nice=self.app.labq_settings.child_nice)
 
     def _shutdown(self, warm: bool = True) -> None:
         # Children lead their own process groups, so the pool's own shutdown

@@ -45,7 +45,8 @@ FATAL_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal
 # -- in the prefork child ----------------------------------------------------
 
 def init_child(**_: Any) -> None:
-    """Make this prefork child a group leader that may have children."""
+    """Make this prefork child a group leader that may have children, at a
+    lower priority than its worker's main process."""
     try:
         # Our own group: one killpg reaches all we fork, and nothing else.
         os.setpgid(0, 0)
@@ -67,6 +68,25 @@ def init_child(**_: Any) -> None:
                         "multiprocessing children", os.getpid(), exc)
     # Registered here, in the child, so that only the forks a task makes run it.
     os.register_at_fork(after_in_child=_plain_signals_in_fork)
+    lower_priority()
+
+
+#: Set by :func:`install` in the worker's main process, before the pool forks.
+_child_nice = 0
+
+
+def lower_priority() -> None:
+    """Renice this prefork child by ``child_nice`` (labq.settings).
+
+    On a busy host the main process must not wait behind its own children:
+    it hands out the next task, acks, enforces hard limits and writes the
+    heartbeat that keeps the worker from being declared dead.
+    """
+    if _child_nice:
+        try:
+            os.nice(_child_nice)
+        except OSError as exc:
+            log.warning("prefork child %d keeps its priority: %s", os.getpid(), exc)
 
 
 def plain_signals() -> list[int]:
@@ -99,12 +119,15 @@ def _plain_signals_in_fork() -> None:
         log.warning("process %d keeps billiard's signal handlers: %s", os.getpid(), exc)
 
 
-def install() -> None:
+def install(child_nice: int = 0) -> None:
     """Run :func:`init_child` in every prefork child; idempotent.
 
     Connected in the worker's main process before the pool forks, so every
-    child (and every replacement child) inherits the receiver.
+    child (and every replacement child) inherits the receiver and the
+    niceness to add.
     """
+    global _child_nice
+    _child_nice = child_nice
     worker_process_init.connect(init_child, dispatch_uid="labq.killing.init_child", weak=False)
 
 

@@ -50,6 +50,10 @@ class Settings:
     max_time_limit: float = 3600.0
     #: Prefork children per worker.
     concurrency: int = 4
+    #: Niceness added to each prefork child (0 to 19): under CPU contention the
+    #: worker's main process, which dispatches tasks, enforces time limits and
+    #: writes heartbeats, runs before the tasks it serves.
+    child_nice: int = 10
     #: The queue for tasks whose device names none, consumed by every worker.
     default_queue: str = "labq"
     #: A soft shutdown (SIGQUIT, a second Ctrl-C) gives running tasks this
@@ -225,6 +229,8 @@ def _validate(s: Settings) -> None:
         raise bad("time_limit", f"exceeds LABQ_MAX_TIME_LIMIT={s.max_time_limit!r}")
     if s.concurrency < 1:
         raise bad("concurrency", "must be at least 1")
+    if not 0 <= s.child_nice <= 19:
+        raise bad("child_nice", "must be 0 to 19 (added to the prefork children's niceness)")
     if s.worker_ttl < 2:
         raise bad("worker_ttl", "must be at least 2 seconds (heartbeats go every ttl/5)")
     if s.redis_retry_timeout < 0:

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def _where() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "nice": os.nice(0)}
 
 
 @shared_task(name="tasks.diag.echo")

@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 import labq
 from conftest import alive, kill_leftovers, need, recorded, still_alive, wait_recorded
 from labq.app import LabqCelery
+from labq.stack import Stack
 from tasks import diag
 
 LIMITS: dict[str, Any] = {"soft_time_limit": 1, "time_limit": 2}
@@ -159,6 +161,16 @@ def test_processes_a_task_forks_get_default_signal_actions(app: LabqCelery) -> N
     actions = outcome.value["child"]
     assert actions["SIGTERM"] == "SIG_DFL", actions
     assert actions["SIGHUP"] == "SIG_DFL", actions
+
+
+def test_prefork_children_run_below_their_main_process(app: LabqCelery, stack: Stack) -> None:
+    # The dispatcher (and heartbeat writer) must not wait behind its own tasks.
+    assert stack.settings.child_nice > 0
+    with labq.Run("priority", app=app, progress=False) as run:
+        run.submit(diag.sleep, seconds=0)
+    main = psutil.Process(psutil.Process(run.outcomes[0].value["pid"]).ppid())
+    assert "worker" in " ".join(main.cmdline())
+    assert run.outcomes[0].value["nice"] == min(19, main.nice() + stack.settings.child_nice)
 
 
 def test_a_task_may_run_subprocesses_to_completion(app: LabqCelery) -> None:
