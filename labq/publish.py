@@ -27,6 +27,7 @@ from kombu.exceptions import KombuError, OperationalError
 from redis.exceptions import RedisError
 
 from labq.errors import BrokerUnavailable, PartialSubmit, SubmitError
+from labq.routing import DeviceRouter
 from labq.settings import mask_url
 from labq.wire import Wire, wire_for
 
@@ -61,31 +62,67 @@ def build(app: Any, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], *
     ``task_send_sent_event`` is on (Flower then learns of the task when a
     worker receives it).
     """
-    task = app.tasks.get(name)
-    # As send_task: the task's own execution options (priority, ...) are
-    # defaults; the limits are explicit and ignore_result is a header.
-    own = task._get_exec_options() if task is not None else {}
-    options = {k: v for k, v in (own or {}).items() if v is not None}
-    for key in ("time_limit", "soft_time_limit", "expires"):
-        options.pop(key, None)
-    ignore_result = options.pop("ignore_result", None)
-    if queue:
-        options["queue"] = queue
-    amqp = app.amqp  # a cached property: looked up once, not three times
-    options = dict(amqp.router.route(options, name, list(args), dict(kwargs), task))
-    queue = options.get("queue")
-    queue_name = getattr(queue, "name", None) or str(queue or default_queue)
-    options["queue"] = queue_name
-    maxsize = amqp.argsrepr_maxsize
-    message = amqp.create_task_message(
-        task_id, name, list(args), dict(kwargs),
-        reply_to=app.thread_oid, time_limit=time_limit, soft_time_limit=soft_time_limit,
-        create_sent_event=sent_event and app.conf.task_send_sent_event,
-        ignore_result=ignore_result,
-        argsrepr=_plain_repr(list(args) or (), maxsize), kwargsrepr=_plain_repr(dict(kwargs), maxsize),
-    )
-    return TaskMessage(task_id=task_id, name=name, queue=queue_name, device=device,
-                       message=message, options=options)
+    return Builder(app, name, default_queue=default_queue, soft_time_limit=soft_time_limit,
+                   time_limit=time_limit, queue=queue, sent_event=sent_event
+                   ).build(args, kwargs, task_id=task_id, device=device)
+
+
+class Builder:
+    """Builds the messages of one task for :func:`build`, looking up once
+    what is the same for all of them (execution options, settings, and the
+    route of each device when only labq's device router routes)."""
+
+    def __init__(self, app: Any, name: str, *, default_queue: str,
+                 soft_time_limit: float | None, time_limit: float | None,
+                 queue: str | None = None, sent_event: bool = True) -> None:
+        self.app, self.name, self.default_queue = app, name, default_queue
+        self.soft_time_limit, self.time_limit = soft_time_limit, time_limit
+        self.task = app.tasks.get(name)
+        # As send_task: the task's own execution options (priority, ...) are
+        # defaults; the limits are explicit and ignore_result is a header.
+        own = self.task._get_exec_options() if self.task is not None else {}
+        options = {k: v for k, v in (own or {}).items() if v is not None}
+        for key in ("time_limit", "soft_time_limit", "expires"):
+            options.pop(key, None)
+        self.ignore_result = options.pop("ignore_result", None)
+        if queue:
+            options["queue"] = queue
+        self.options = options
+        self.amqp = app.amqp  # a cached property: looked up once
+        self.sent_event = sent_event and app.conf.task_send_sent_event
+        self.maxsize = self.amqp.argsrepr_maxsize
+        self.reply_to = app.thread_oid
+        # A route that depends on the device alone can be kept per device.
+        routers = getattr(self.amqp.router, "routes", None) or []
+        self._routes: dict[Any, dict[str, Any]] | None = (
+            {} if routers and all(isinstance(r, DeviceRouter) for r in routers) else None)
+
+    def _route(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        key = kwargs.get("device")
+        cached = None if self._routes is None or args else self._routes.get(key)
+        if cached is not None:
+            return dict(cached)
+        options = dict(self.amqp.router.route(dict(self.options), self.name, list(args),
+                                              dict(kwargs), self.task))
+        queue = options.get("queue")
+        options["queue"] = getattr(queue, "name", None) or str(queue or self.default_queue)
+        if self._routes is not None and not args and isinstance(key, (str, type(None))):
+            self._routes[key] = dict(options)
+        return options
+
+    def build(self, args: Sequence[Any], kwargs: Mapping[str, Any], *, task_id: str,
+              device: str | None) -> TaskMessage:
+        options = self._route(args, kwargs)
+        maxsize = self.maxsize
+        message = self.amqp.create_task_message(
+            task_id, self.name, list(args), dict(kwargs), reply_to=self.reply_to,
+            time_limit=self.time_limit, soft_time_limit=self.soft_time_limit,
+            create_sent_event=self.sent_event, ignore_result=self.ignore_result,
+            argsrepr=_plain_repr(list(args) or (), maxsize),
+            kwargsrepr=_plain_repr(dict(kwargs), maxsize),
+        )
+        return TaskMessage(task_id=task_id, name=self.name, queue=options["queue"],
+                           device=device, message=message, options=options)
 
 
 def _plain_repr(value: list[Any] | tuple[()] | dict[str, Any], maxsize: int) -> str | None:

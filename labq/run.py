@@ -47,6 +47,7 @@ from labq.task_base import (
     log_key,
     starts_key,
 )
+from labq.wire import uuid4_strings
 
 log = logging.getLogger(__name__)
 
@@ -155,16 +156,17 @@ class Run:
         Flower then shows each task from the moment a worker receives it.
         """
         name, soft, hard = self._prepare(task, soft_time_limit, time_limit)
+        builder = publish.Builder(self.app, name, default_queue=self.settings.default_queue,
+                                  soft_time_limit=soft, time_limit=hard, sent_event=sent_events)
+        items = list(kwargs_list)
         messages = []
-        for kwargs in kwargs_list:
+        for kwargs, task_id in zip(items, uuid4_strings(len(items)), strict=True):
             kwargs = dict(kwargs)
             check_json(name, (), kwargs)
             device = kwargs.get("device")
             body = {**kwargs, RUN_KWARG: self.id, SCRIPT_KWARG: self.script}
-            messages.append(publish.build(
-                self.app, name, (), body, task_id=str(uuid.uuid4()),
-                device=str(device) if device else None, default_queue=self.settings.default_queue,
-                soft_time_limit=soft, time_limit=hard, sent_event=sent_events))
+            messages.append(builder.build((), body, task_id=task_id,
+                                          device=str(device) if device else None))
         try:
             publish.publish(self.app, messages, chunk=chunk, broker=mask_url(self.settings.broker_url))
         except PartialSubmit as exc:

@@ -25,6 +25,7 @@ import base64
 import functools
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -38,6 +39,7 @@ from kombu.entity import maybe_delivery_mode
 from kombu.serialization import registry as serializers
 from kombu.transport import redis as kombu_redis
 from kombu.transport.redis import Channel as RedisChannel
+from kombu.transport.virtual.base import Channel as VirtualChannel
 from kombu.utils import json as kombu_json
 
 if TYPE_CHECKING:
@@ -90,8 +92,7 @@ class Wire:
         the dicts kombu and Celery build, encoded once per batch with slots
         (:func:`_fragments`); per message only the slots' values are encoded.
         """
-        channel = self.channel
-        tag = channel._next_delivery_tag
+        tag = iter(uuid4_strings(2 * len(part))).__next__  # kombu's tags: uuid4 strings
         text, string, b64 = _JSON.encode, encode_basestring_ascii, _b64
         for name in {m.queue for m in part}:  # cached by kombu: one SADD per queue ever
             _maybe_declare(self.producer, self.routes[name].entity)
@@ -242,6 +243,19 @@ class _Closing:
         self.stack.close()
 
 
+def uuid4_strings(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs as ``str(uuid.uuid4())`` writes them,
+    from one ``os.urandom`` call: a quarter of the cost of ``uuid4()`` each."""
+    raw = bytearray(os.urandom(16 * n))
+    out = []
+    for i in range(0, 16 * n, 16):
+        raw[i + 6] = (raw[i + 6] & 0x0F) | 0x40  # version 4
+        raw[i + 8] = (raw[i + 8] & 0x3F) | 0x80  # RFC 4122 variant
+        h = raw[i:i + 16].hex()
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out
+
+
 def _client(channel: Any) -> Any:
     """One Redis client per kombu channel and pool: kombu builds a new one per
     command, which costs more than a one-message pipeline (labq.transport)."""
@@ -299,7 +313,8 @@ def wire_for(app: Any, producer: Any, messages: Sequence[TaskMessage]) -> Wire |
     conf = app.conf
     channel: Any = producer.channel
     redis_channel = isinstance(channel, RedisChannel)
-    if not redis_channel or not channel.supports_batch_publish:
+    if (not redis_channel or not channel.supports_batch_publish
+            or type(channel)._next_delivery_tag is not VirtualChannel._next_delivery_tag):
         return None
     if (conf.task_serializer != "json" or conf.task_compression or conf.event_serializer != "json"
             or channel.body_encoding != "base64" or not _kombu_json_as_assumed()):
