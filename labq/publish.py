@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from labq.errors import BrokerUnavailable, PartialSubmit, SubmitError
 from labq.routing import DeviceRouter
 from labq.settings import mask_url
-from labq.wire import Wire, wire_for
+from labq.wire import Wire, publish_receivers, wire_for
 
 #: Messages per pipeline: big enough to amortise the round trip, small enough
 #: that a failure leaves little uncertain.
@@ -140,11 +140,13 @@ def _plain_repr(value: list[Any] | tuple[()] | dict[str, Any], maxsize: int) -> 
 
 
 def publish(app: Any, messages: Sequence[TaskMessage], *, chunk: int = DEFAULT_CHUNK,
-            broker: str = "", raw: bool = True) -> None:
+            broker: str = "", raw: bool = True, wires: dict[Any, Wire] | None = None) -> None:
     """Publish ``messages`` in pipelines of ``chunk``; all or a :class:`PartialSubmit`.
 
     ``raw=False`` forces kombu's producer for every message (the fallback
     :func:`wire_for` picks by itself when the raw payloads could differ).
+    ``wires`` keeps the :class:`Wire` of a single message between calls,
+    by producer and message shape (``Run.submit`` sends one at a time).
     """
     if chunk < 1:
         raise SubmitError(f"chunk={chunk!r}: must be at least 1")
@@ -154,6 +156,11 @@ def publish(app: Any, messages: Sequence[TaskMessage], *, chunk: int = DEFAULT_C
         with app.producer_or_acquire() as producer:
             wire: Wire | None = None
             decided = not raw
+            key = None
+            if raw and wires is not None and len(messages) == 1 and not publish_receivers():
+                key = _shape(producer, messages[0])
+                wire = wires.get(key) if key is not None else None
+                decided = wire is not None
             for start in range(0, len(messages), chunk):
                 part = messages[start:start + chunk]
                 sending = True
@@ -161,6 +168,8 @@ def publish(app: Any, messages: Sequence[TaskMessage], *, chunk: int = DEFAULT_C
                 try:
                     if not decided:  # inside the try: it opens the producer's channel
                         wire, decided = wire_for(app, producer, messages), True
+                        if wires is not None and key is not None and wire is not None:
+                            wires[key] = wire
                     if wire is not None:
                         with wire.pipeline() as pipe:
                             wire.add(pipe, part)
@@ -195,6 +204,19 @@ def publish(app: Any, messages: Sequence[TaskMessage], *, chunk: int = DEFAULT_C
         raise BrokerUnavailable(
             f"cannot submit {len(messages)} tasks: Redis at {mask_url(broker)} "
             f"is unreachable: {exc}") from exc
+
+
+def _shape(producer: Any, m: TaskMessage) -> Any:
+    """What :func:`wire_for` decides a message's :class:`Wire` by (None: unknown)."""
+    headers, properties, _body, sent_event = m.message
+    try:
+        key = (id(producer), id(producer.channel), m.queue, frozenset(m.options.items()),
+               tuple(properties), "compression" in headers,
+               tuple(sent_event) if sent_event else None)
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _ids(ids: Sequence[str]) -> str:

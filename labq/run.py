@@ -58,6 +58,8 @@ POLL_INTERVAL = 0.1
 #: pending result is read anyway: hard kills and revokes are stored by the
 #: worker's main process, which pushes nothing.
 CHANGE_WAIT = 0.5
+#: Entries one XREAD of the done and log streams returns at most.
+XREAD_COUNT = 1000
 #: Seconds between checks of the heartbeats of the workers running our tasks.
 LIVENESS_INTERVAL = 1.0
 
@@ -94,12 +96,19 @@ class Run:
         self._announced: set[str] = set()
         #: When every pending result was last read (``as_completed``).
         self._full_at = 0.0
+        #: Whether the last outcomes to end were all announced on the done
+        #: stream (their log lines were read with them), and whether the last
+        #: read left log lines behind.
+        self._pushed_last = False
+        self._log_backlog = False
         self._cancelled = False
         #: What each task was sent with, to run an idempotent one again.
         self._calls: dict[str, tuple[str, list[Any], dict[str, Any], str,
                                      float | None, float | None]] = {}
         #: Task id that replaced each one run again after its worker died.
         self.reruns: dict[str, str] = {}
+        #: Raw publishing templates of single submits (labq.publish).
+        self._wires: dict[Any, Any] = {}
         self.redis = connect(self.settings.backend_url, self.settings, socket_timeout=10,
                              socket_connect_timeout=5)
         self._watch = liveness.WorkerWatch(self.redis, self.settings.worker_ttl,
@@ -132,7 +141,8 @@ class Run:
             device=str(device) if device else None, default_queue=self.settings.default_queue,
             soft_time_limit=soft, time_limit=hard)
         try:
-            publish.publish(self.app, [message], broker=mask_url(self.settings.broker_url))
+            publish.publish(self.app, [message], broker=mask_url(self.settings.broker_url),
+                            wires=self._wires)
         except PartialSubmit as exc:
             maybe = " (it may have been queued)" if exc.uncertain else ""
             raise BrokerUnavailable(
@@ -361,7 +371,10 @@ class Run:
                     raise RunTimeout(
                         f"run {self.id!r}: {len(self._pending()) or 'some'} tasks still "
                         f"running after {timeout} s; cancelled", self.outcomes)
-            self._drain_logs(bar)
+            # Ends that came through the done stream were read together with
+            # every log line written before them: no further read is needed.
+            if not self._pushed_last or self._log_backlog:
+                self._drain_logs(bar)
 
     def _refresh_changed(self) -> list[Outcome]:
         """Read the results the done stream announced; every pending result
@@ -376,8 +389,10 @@ class Run:
             ids = pending
         else:
             ids = [t for t in pending if t in self._announced]
+        done = self._read(ids)
+        self._pushed_last = all(o.task_id in self._announced for o in done)
         self._announced.clear()
-        return self._read(ids)
+        return done
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         """Wait for every task; outcomes in submit order."""
@@ -405,13 +420,17 @@ class Run:
         if self.logs:
             streams[log_key(self.id)] = self._log_cursor
         try:
-            reply: Any = self.redis.xread(streams, count=1000, block=max(1, int(timeout * 1000)))
+            reply: Any = self.redis.xread(streams, count=XREAD_COUNT,
+                                          block=max(1, int(timeout * 1000)))
         except redis.RedisError:
             time.sleep(POLL_INTERVAL)
             return
         self._woke = time.monotonic()
+        self._log_backlog = False
         for stream, entries in reply or []:
             name = stream.decode() if isinstance(stream, bytes) else stream
+            if name == log_key(self.id) and len(entries) >= XREAD_COUNT:
+                self._log_backlog = True  # more lines than one read returns
             for entry_id, fields in entries:
                 cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                 if name != log_key(self.id):

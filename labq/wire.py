@@ -319,8 +319,7 @@ def wire_for(app: Any, producer: Any, messages: Sequence[TaskMessage]) -> Wire |
     if (conf.task_serializer != "json" or conf.task_compression or conf.event_serializer != "json"
             or channel.body_encoding != "base64" or not _kombu_json_as_assumed()):
         return None
-    if any(s.receivers for s in (signals.before_task_publish, signals.after_task_publish,
-                                 signals.task_sent)):
+    if publish_receivers():
         return None
     amqp = app.amqp
     routes: dict[str, _Route] = {}
@@ -366,6 +365,12 @@ def wire_for(app: Any, producer: Any, messages: Sequence[TaskMessage]) -> Wire |
                  for q, r in routes.items()}, evd, name,
                 tuple(channel._get_publish_topics(name, "task.sent")),
                 _event_envelope_template(evd, name))
+
+
+def publish_receivers() -> bool:
+    """Whether anything listens to Celery's publish signals (the raw path sends none)."""
+    return any(s.receivers for s in (signals.before_task_publish, signals.after_task_publish,
+                                     signals.task_sent))
 
 
 #: Event() fields set by the dispatcher and send_task_message, not the message.
