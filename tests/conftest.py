@@ -63,6 +63,16 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture()
+def lone_app(redis_server: RedisServer, tmp_path: Path) -> Iterator[LabqCelery]:
+    """An app on the session Redis, which no worker consumes: queued messages stay put."""
+    settings = Settings.load(env={}, config_file=os.devnull, state_dir=tmp_path,
+                             broker_url=redis_server.url)
+    a = create_app(settings)
+    yield a
+    a.close()
+
+
 def stack_settings(tmp: Path, **changes: object) -> Settings:
     base = {"state_dir": tmp, "flower_port": 0, "concurrency": 2,
             "soft_time_limit": 20.0, "time_limit": 30.0, "shutdown_timeout": 5.0}

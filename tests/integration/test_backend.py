@@ -4,36 +4,20 @@ per state, with each end announced on its run's done stream."""
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 from celery import states
 from celery.app.task import Context
 from celery.backends.redis import RedisBackend
 
 import labq
-from labq.app import LabqCelery, create_app
+from labq.app import LabqCelery
 from labq.backend import LabqRedisBackend
-from labq.redis_server import RedisServer
-from labq.settings import Settings
 from labq.stack import Stack
 from labq.task_base import RUN_KWARG, done_key
 from tasks import diag
-
-
-@pytest.fixture()
-def lone_app(redis_server: RedisServer, tmp_path: Path) -> Iterator[LabqCelery]:
-    """An app on a Redis no worker uses: the backend alone."""
-    settings = Settings.load(env={}, config_file=os.devnull, state_dir=tmp_path,
-                             broker_url=redis_server.url)
-    a = create_app(settings)
-    yield a
-    a.close()
 
 
 def request(app: LabqCelery, task_id: str, run_id: str | None) -> Context:

@@ -6,12 +6,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import os
 import re
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,10 +17,8 @@ import redis
 import labq
 from conftest import SEGMENT_DEVICES
 from labq import publish
-from labq.app import LabqCelery, create_app
+from labq.app import LabqCelery
 from labq.errors import PartialSubmit, SubmitError, TimeLimitError, UnknownDevice
-from labq.redis_server import RedisServer
-from labq.settings import Settings
 from labq.task_base import RUN_KWARG, SCRIPT_KWARG
 from tasks import device, diag
 
@@ -215,16 +210,6 @@ def test_an_event_receiver_sees_task_sent_for_each_task(lone_app: LabqCelery,
     assert [e["kwargs"].split(",")[0] for e in seen] == [f"{{'value': {i}" for i in range(12)]
     assert [e["clock"] for e in seen] == sorted(e["clock"] for e in seen)
     redis_client.delete("labq")
-
-
-@pytest.fixture()
-def lone_app(redis_server: RedisServer, tmp_path: Path) -> Iterator[LabqCelery]:
-    """An app on a Redis no worker consumes, so queued messages stay put."""
-    settings = Settings.load(env={}, config_file=os.devnull, state_dir=tmp_path,
-                             broker_url=redis_server.url)
-    a = create_app(settings)
-    yield a
-    a.close()
 
 
 @pytest.mark.parametrize("path", ["raw", "kombu"])

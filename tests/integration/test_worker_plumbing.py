@@ -3,31 +3,17 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from kombu.connection import Connection
 
 import labq
-from labq.app import LabqCelery, create_app
+from labq.app import LabqCelery
 from labq.consumer import EVENT_FLUSH_INTERVAL, LabqConsumer
 from labq.redis_server import RedisServer
-from labq.settings import Settings
 from labq.transport import TRANSPORT, Channel
-
-
-@pytest.fixture()
-def lone_app(redis_server: RedisServer, tmp_path: Path) -> Iterator[LabqCelery]:
-    settings = Settings.load(env={}, config_file=os.devnull, state_dir=tmp_path,
-                             broker_url=redis_server.url)
-    a = create_app(settings)
-    yield a
-    a.close()
 
 
 def test_a_channel_reuses_one_client_per_pool(redis_server: RedisServer) -> None:
