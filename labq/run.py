@@ -36,15 +36,14 @@ from labq.progress import Progress
 from labq.publish import DEFAULT_CHUNK
 from labq.redis_client import connect, describe, retrying
 from labq.settings import Settings, mask_url
+from labq.streams import RunStreams
 from labq.submission import check_json, check_limits, first, script_name, task_name
 from labq.task_base import (
     RUN_KWARG,
     RUN_TTL,
     SCRIPT_KWARG,
     cancel_key,
-    done_key,
     fenced_key,
-    log_key,
     starts_key,
 )
 from labq.wire import uuid4_strings
@@ -53,13 +52,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds between the soft interrupt of a cancel and the hard kill.
 DEFAULT_GRACE = 5.0
-POLL_INTERVAL = 0.1
 #: Longest wait for a pushed change (a task's end, a log line) before every
 #: pending result is read anyway: hard kills and revokes are stored by the
 #: worker's main process, which pushes nothing.
 CHANGE_WAIT = 0.5
-#: Entries one XREAD of the done and log streams returns at most.
-XREAD_COUNT = 1000
 #: Seconds between checks of the heartbeats of the workers running our tasks.
 LIVENESS_INTERVAL = 1.0
 
@@ -82,25 +78,17 @@ class Run:
         self.soft_time_limit = soft_time_limit
         self.time_limit = time_limit
         self.grace = grace
-        self.logs = logs
         self._progress_flag = progress
         self._order: list[str] = []
         self._outcomes: dict[str, Outcome] = {}
         self._queues: set[str] = set()
-        self._log_cursor = "0-0"
-        self._done_cursor = "0-0"
-        self._woke = 0.0
         #: Tasks before this index in ``_order`` are all final (``_pending``).
         self._settled = 0
-        #: Task ids the done stream named since the last read of results.
-        self._announced: set[str] = set()
         #: When every pending result was last read (``as_completed``).
         self._full_at = 0.0
         #: Whether the last outcomes to end were all announced on the done
-        #: stream (their log lines were read with them), and whether the last
-        #: read left log lines behind.
+        #: stream (their log lines were read with them).
         self._pushed_last = False
-        self._log_backlog = False
         self._cancelled = False
         #: What each task was sent with, to run an idempotent one again.
         self._calls: dict[str, tuple[str, list[Any], dict[str, Any], str,
@@ -113,6 +101,7 @@ class Run:
                              socket_connect_timeout=5)
         self._watch = liveness.WorkerWatch(self.redis, self.settings.worker_ttl,
                                            LIVENESS_INTERVAL)
+        self._streams = RunStreams(self.redis, self.id, logs)
         try:
             self.redis.ping()
         except redis.RedisError as exc:
@@ -364,7 +353,7 @@ class Run:
                 yield from done
                 if not self._pending():
                     break
-                self._wait_for_change(bar, CHANGE_WAIT)
+                self._streams.wait(bar, CHANGE_WAIT, len(self._pending()))
                 if deadline is not None and time.monotonic() > deadline and self._pending():
                     bar.note(f"timeout after {timeout} s: cancelling {len(self._pending())} tasks")
                     self.cancel()
@@ -373,8 +362,8 @@ class Run:
                         f"running after {timeout} s; cancelled", self.outcomes)
             # Ends that came through the done stream were read together with
             # every log line written before them: no further read is needed.
-            if not self._pushed_last or self._log_backlog:
-                self._drain_logs(bar)
+            if not self._pushed_last or self._streams.log_backlog:
+                self._streams.drain_logs(bar)
 
     def _refresh_changed(self) -> list[Outcome]:
         """Read the results the done stream announced; every pending result
@@ -388,76 +377,26 @@ class Run:
             self._full_at = now
             ids = pending
         else:
-            ids = [t for t in pending if t in self._announced]
+            ids = [t for t in pending if t in self._streams.announced]
         done = self._read(ids)
-        self._pushed_last = all(o.task_id in self._announced for o in done)
-        self._announced.clear()
+        self._pushed_last = all(o.task_id in self._streams.announced for o in done)
+        self._streams.clear_announced()
         return done
+
+    @property
+    def logs(self) -> bool:
+        """Whether the tasks' log lines are shown while waiting."""
+        return self._streams.logs
+
+    @logs.setter
+    def logs(self, value: bool) -> None:
+        self._streams.logs = value
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         """Wait for every task; outcomes in submit order."""
         for _ in self.as_completed(timeout=timeout):
             pass
         return self.outcomes
-
-    def _wait_for_change(self, bar: Progress, timeout: float) -> None:
-        """Block until a task of the run ends or logs, at most ``timeout`` s.
-
-        Each task adds its id to the run's done stream once its result is
-        stored (``LabqTask.after_return``); one ``XREAD`` waits on that stream
-        and the log stream together, so the loop wakes within a round trip
-        of a result instead of polling. Log lines read here are shown.
-
-        A wake reads only the results the stream named (``_announced``), but
-        with many pending the wakes are still spaced by 100 us per pending
-        task (at most 0.2 s): a large run reads once per batch of ends, not
-        once per end, and a single task still wakes at once.
-        """
-        gap = min(0.2, 100e-6 * len(self._pending())) - (time.monotonic() - self._woke)
-        if gap > 0:
-            time.sleep(gap)
-        streams: dict[Any, Any] = {done_key(self.id): self._done_cursor}
-        if self.logs:
-            streams[log_key(self.id)] = self._log_cursor
-        try:
-            reply: Any = self.redis.xread(streams, count=XREAD_COUNT,
-                                          block=max(1, int(timeout * 1000)))
-        except redis.RedisError:
-            time.sleep(POLL_INTERVAL)
-            return
-        self._woke = time.monotonic()
-        self._log_backlog = False
-        for stream, entries in reply or []:
-            name = stream.decode() if isinstance(stream, bytes) else stream
-            if name == log_key(self.id) and len(entries) >= XREAD_COUNT:
-                self._log_backlog = True  # more lines than one read returns
-            for entry_id, fields in entries:
-                cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                if name != log_key(self.id):
-                    self._done_cursor = cursor
-                    task_id = fields.get(b"task_id")
-                    if task_id:
-                        self._announced.add(task_id.decode())
-                    continue
-                self._show_log(bar, entry_id, fields)
-
-    def _drain_logs(self, bar: Progress) -> None:
-        """Show the log lines written after the last wake, without waiting."""
-        if not self.logs:
-            return
-        try:
-            reply: Any = self.redis.xread({log_key(self.id): self._log_cursor}, count=500)
-        except redis.RedisError:
-            return
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                self._show_log(bar, entry_id, fields)
-
-    def _show_log(self, bar: Progress, entry_id: Any, fields: dict[bytes, bytes]) -> None:
-        self._log_cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-        f = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
-        bar.log(f.get("device") or f.get("task_id", "")[:8], f.get("level", ""),
-                f.get("message", ""))
 
     # -- cancelling -------------------------------------------------------
 
