@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 #: Seconds between the soft interrupt of a cancel and the hard kill.
 DEFAULT_GRACE = 5.0
 #: Longest wait for a pushed change (a task's end, a log line) before every
-#: pending result is read anyway: hard kills and revokes are stored by the
-#: worker's main process, which pushes nothing.
+#: pending result is read anyway: for ends that push nothing (a done stream
+#: trimmed behind the client, a result backend other than labq's).
 CHANGE_WAIT = 0.5
 #: Seconds between checks of the heartbeats of the workers running our tasks.
 LIVENESS_INTERVAL = 1.0

@@ -57,7 +57,7 @@ class RunStreams:
         """Block until a task of the run ends or logs, at most ``timeout`` s.
 
         Each task adds its id to the run's done stream once its result is
-        stored (``LabqTask.after_return``); one ``XREAD`` waits on that stream
+        stored (by labq's result backend, in the same script); one ``XREAD`` waits on that stream
         and the log stream together, so the loop wakes within a round trip
         of a result instead of polling. Log lines read here are shown.
 
