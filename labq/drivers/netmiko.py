@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,9 @@ DEVICE_TYPES = {
     "linux": "linux",
 }
 DEFAULT_READ_TIMEOUT = 60.0
+#: Longest wait, after "exit", for the device to close the session's
+#: channel and connection from its side.
+CLOSE_WAIT = 2.0
 
 
 class NetmikoSession(Session):
@@ -78,6 +83,38 @@ class NetmikoSession(Session):
     def configure(self, lines: Sequence[str]) -> str:
         return str(self._conn.send_config_set(list(lines)))
 
+    def _disconnect(self) -> None:
+        # Say goodbye, then wait for the device to close its end before the
+        # socket goes: only then has the device let go of the session, and
+        # only then may the lease pass on (a device with one free VTY line
+        # refuses a session that arrives before its last one is gone).
+        conn = self._conn
+        try:
+            conn.cleanup()  # leaves config mode and sends "exit"
+        except Exception:
+            pass
+        client = getattr(conn, "remote_conn_pre", None)
+        transport = client.get_transport() if client is not None else None
+        if transport is not None and transport.is_active():
+            deadline = time.monotonic() + CLOSE_WAIT
+            chan = getattr(conn, "remote_conn", None)
+            # The device closes the shell's channel after "exit" ...
+            while chan is not None and not chan.closed and time.monotonic() < deadline:
+                time.sleep(0.002)
+            try:  # ... and the connection once it sees ours end.
+                transport.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            while transport.is_active() and time.monotonic() < deadline:
+                time.sleep(0.002)
+        try:
+            conn.paramiko_cleanup()
+        except Exception:
+            self._drop()
+        finally:
+            conn.remote_conn_pre = conn.remote_conn = None
+            _forget_secrets(conn)
+
     def _drop(self) -> None:
         # No "exit" to a device that may be stuck in a command: close the socket.
         for attr in ("remote_conn", "remote_conn_pre"):
@@ -87,3 +124,14 @@ class NetmikoSession(Session):
                     obj.close()
             except Exception:
                 pass
+
+
+def _forget_secrets(conn: Any) -> None:
+    """What netmiko's disconnect() does last: drop the connection's filter that
+    masks its secrets in netmiko's log (one per connection would pile up)."""
+    try:
+        from netmiko import log
+
+        log.removeFilter(conn._secrets_filter)
+    except Exception:
+        pass

@@ -116,6 +116,23 @@ def test_sessions_are_counted_and_closed(lab: SimProcess, state: Callable[[str],
     assert all(e["user"] == DEMO_USER for e in events(st, "open"))
 
 
+def test_a_closed_session_is_gone_on_the_device_when_close_returns(
+        lab: SimProcess, state: Callable[[str], Any]) -> None:
+    # The lease passes on as soon as close() returns: by then the device must
+    # have let the session go, or the next holder would find it still there.
+    from labq.drivers import open_session
+    from labq.testbed import load_testbed
+
+    wait_for(lambda: state("plain")["sessions"] == 0)
+    device = load_testbed(lab.testbed).device("plain")
+    for _ in range(10):
+        session = open_session(device)
+        assert "plain uptime is" in session.execute("show version")
+        session.close()
+        assert state("plain")["sessions"] == 0
+    assert state("plain")["peak"] == 1
+
+
 def shell(lab: SimProcess, name: str, typed: str) -> str:
     """Everything a raw vt100 shell shows for ``typed`` (which should end in exit)."""
 
