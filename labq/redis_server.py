@@ -16,6 +16,7 @@ from pathlib import Path
 import redis
 
 from labq.errors import StackError
+from labq.ports import free_port
 from labq.processes import spawn, stop_tree
 
 
@@ -37,14 +38,6 @@ def find_redis_server(explicit: str = "") -> Path:
     if not bundled.is_file():
         raise StackError(f"no redis-server on PATH, and none at {bundled}")
     return bundled
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -23,8 +23,9 @@ from pathlib import Path
 from types import TracebackType
 
 from labq.errors import StackError
+from labq.ports import free_port
 from labq.processes import spawn, stop_trees
-from labq.redis_server import RedisServer, free_port
+from labq.redis_server import RedisServer
 from labq.settings import Settings
 from labq.sim.process import SimProcess
 

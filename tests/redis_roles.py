@@ -23,8 +23,8 @@ import redis
 
 from labq.app import create_app
 from labq.errors import StackError
+from labq.ports import free_port
 from labq.processes import spawn, stop_trees
-from labq.redis_server import free_port
 from labq.settings import Settings
 from labq.stack import PROJECT_ROOT, child_env, flower_argv, node_name, worker_argv
 

@@ -7,11 +7,12 @@ accounting, and ``make_testbed`` writes testbeds on free loopback ports.
 
 from __future__ import annotations
 
+from labq.ports import free_ports
 from labq.sim.control import sim_reset, sim_state
 from labq.sim.process import SimProcess
 from labq.sim.runner import serve
 from labq.sim.server import SimLab
-from labq.sim.testbeds import free_ports, make_testbed, write_testbed
+from labq.sim.testbeds import make_testbed, write_testbed
 
 __all__ = [
     "SimLab",

@@ -9,27 +9,16 @@ and clients read the real ports from :attr:`SimProcess.ports`.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterable, Mapping
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from labq.ports import free_ports
+
 DEMO_USER = "admin"
 DEMO_PASSWORD = "labq-demo"
-
-
-def free_ports(count: int, ip: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct TCP ports free on ``ip`` right now."""
-    with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((ip, 0))
-            ports.append(sock.getsockname()[1])
-        return ports
 
 
 def device_entry(ip: str, port: int, *, queue: str | None = None, max_sessions: int = 1,

@@ -15,7 +15,8 @@ from redis.retry import Retry
 
 from labq.errors import BrokerUnavailable, DeviceBusy, LeaseError
 from labq.lease import Grant, Leases, Renewer, Wait
-from labq.redis_server import RedisServer, free_port
+from labq.ports import free_port
+from labq.redis_server import RedisServer
 
 
 def grant(result: Grant | Wait) -> Grant:

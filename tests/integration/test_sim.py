@@ -21,9 +21,10 @@ from netmiko.exceptions import (
 )
 
 from labq.errors import SimLabError
+from labq.ports import free_ports
 from labq.sim import SimProcess, make_testbed, sim_reset, sim_state, write_testbed
 from labq.sim.command import sim as sim_command
-from labq.sim.testbeds import DEMO_PASSWORD, DEMO_USER, device_entry, free_ports
+from labq.sim.testbeds import DEMO_PASSWORD, DEMO_USER, device_entry
 
 LATENCY = 0.3
 SLOW = 0.001

@@ -20,7 +20,7 @@ import labq
 from labq import cli
 from labq.app import LabqCelery
 from labq.lease import Leases
-from labq.redis_server import free_port
+from labq.ports import free_port
 from labq.stack import Stack
 from tasks.device import execute
 

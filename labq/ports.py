@@ -1,0 +1,49 @@
+"""Free TCP ports for servers a test or the embedded stack starts itself."""
+
+from __future__ import annotations
+
+import random
+import socket
+from contextlib import ExitStack
+
+
+def free_ports(count: int, ip: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports free on ``ip`` right now, chosen at random
+    below the kernel's ephemeral range: a port from that range may become the
+    source port of some outgoing connection before the simulated device binds
+    it (seen as "address already in use" at the lab's start)."""
+    low = _ephemeral_start()
+    candidates = list(range(min(10000, low // 2), low))
+    random.shuffle(candidates)
+    with ExitStack() as stack:
+        ports: list[int] = []
+        for port in candidates:
+            if len(ports) == count:
+                break
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind((ip, port))
+            except OSError:
+                sock.close()
+                continue
+            stack.enter_context(sock)
+            ports.append(port)
+        while len(ports) < count:  # the low range is full: let the kernel choose
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((ip, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+def _ephemeral_start(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int:
+    """The first port the kernel hands out as a source port (Linux; else 32768)."""
+    try:
+        with open(path) as f:
+            return max(2048, int(f.read().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """One TCP port free on ``host`` right now (see :func:`free_ports`)."""
+    return free_ports(1, host)[0]
