@@ -113,10 +113,8 @@ class LabqRedisBackend(RedisBackend):  # type: ignore[misc]
         """
         if pipe is None:
             return self.ensure(self._store, args)
-        key, value, expires, task_id, state, run_id = args
-        keys = [key] if run_id is None else [key, done_key(run_id)]
-        return pipe.evalsha(self._script().sha, len(keys), *keys, value, int(expires), task_id,
-                            state, DONE_STREAM_MAXLEN, RUN_TTL)
+        keys, argv = _script_input(*args)
+        return pipe.evalsha(self._script().sha, len(keys), *keys, *argv)
 
     def _script(self) -> Any:
         if self._store_script is None:  # EVALSHA, and EVAL again after a Redis restart
@@ -124,8 +122,13 @@ class LabqRedisBackend(RedisBackend):  # type: ignore[misc]
             self._store_script.sha = self.client.script_load(STORE_SCRIPT)
         return self._store_script
 
-    def _store(self, key: str, value: Any, expires: float, task_id: str, state: str,
-               run_id: str | None) -> Any:
-        keys = [key] if run_id is None else [key, done_key(run_id)]
-        return self._script()(keys=keys, args=[value, int(expires), task_id, state,
-                                                DONE_STREAM_MAXLEN, RUN_TTL])
+    def _store(self, *args: Any) -> Any:
+        keys, argv = _script_input(*args)
+        return self._script()(keys=keys, args=argv)
+
+
+def _script_input(key: str, value: Any, expires: float, task_id: str, state: str,
+                  run_id: str | None) -> tuple[list[str], list[Any]]:
+    """STORE_SCRIPT's KEYS and ARGV for one state of one task."""
+    keys = [key] if run_id is None else [key, done_key(run_id)]
+    return keys, [value, int(expires), task_id, state, DONE_STREAM_MAXLEN, RUN_TTL]

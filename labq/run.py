@@ -21,7 +21,6 @@ from types import TracebackType
 from typing import Any
 
 import redis
-from kombu.exceptions import OperationalError
 
 from labq import liveness, publish
 from labq.app import LabqCelery, create_app
@@ -124,19 +123,8 @@ class Run:
         check_json(name, args, kwargs)
         device = kwargs.get("device") or (args[0] if args and self._is_device_task(name) else None)
         body = {**kwargs, RUN_KWARG: self.id, SCRIPT_KWARG: self.script}
-        # Routing runs in build: an unknown device is refused before any publish.
-        message = publish.build(
-            self.app, name, args, body, task_id=str(uuid.uuid4()),
-            device=str(device) if device else None, default_queue=self.settings.default_queue,
-            soft_time_limit=soft, time_limit=hard)
-        try:
-            publish.publish(self.app, [message], broker=mask_url(self.settings.broker_url),
-                            wires=self._wires)
-        except PartialSubmit as exc:
-            maybe = " (it may have been queued)" if exc.uncertain else ""
-            raise BrokerUnavailable(
-                f"cannot submit {name} as task {message.task_id}{maybe}: Redis at "
-                f"{mask_url(self.settings.broker_url)} failed: {exc.__cause__}") from exc
+        message = self._send(name, list(args), body, task_id=str(uuid.uuid4()), queue=None,
+                             soft=soft, hard=hard, device=str(device) if device else None)
         self._track_published([message], soft, hard, args=list(args))
         return message.task_id
 
@@ -187,18 +175,27 @@ class Run:
             self._outcomes[m.task_id] = Outcome(task_id=m.task_id, task=m.name, device=m.device,
                                                 status=Status.QUEUED, queued_at=now)
 
-    def _send(self, task_id: str, call: tuple[str, list[Any], dict[str, Any], str,
-                                                float | None, float | None]) -> None:
-        name, args, body, queue, soft, hard = call
+    def _send(self, name: str, args: list[Any], body: dict[str, Any], *, task_id: str,
+              queue: str | None, soft: float | None, hard: float | None,
+              device: str | None = None) -> publish.TaskMessage:
+        """Build and publish one message (a submit, or a rerun to ``queue``).
+
+        Routing runs in the build: an unknown device is refused before any
+        publish.
+        """
+        message = publish.build(
+            self.app, name, args, body, task_id=task_id, device=device,
+            default_queue=self.settings.default_queue, soft_time_limit=soft, time_limit=hard,
+            queue=queue)
         try:
-            self.app.send_task(name, args=args, kwargs=body, task_id=task_id,
-                               queue=queue, soft_time_limit=soft, time_limit=hard)
-        except OperationalError as exc:
+            publish.publish(self.app, [message], broker=mask_url(self.settings.broker_url),
+                            wires=self._wires)
+        except PartialSubmit as exc:
+            maybe = " (it may have been queued)" if exc.uncertain else ""
             raise BrokerUnavailable(
-                f"cannot submit {name}: Redis at {mask_url(self.settings.broker_url)} "
-                f"is unreachable: {exc}") from exc
-        self._queues.add(queue)
-        self._calls[task_id] = call
+                f"cannot submit {name} as task {task_id}{maybe}: Redis at "
+                f"{mask_url(self.settings.broker_url)} failed: {exc.__cause__}") from exc
+        return message
 
     def _prepare(self, task: Any, soft: float | None,
                  hard: float | None) -> tuple[str, float | None, float | None]:
@@ -331,7 +328,10 @@ class Run:
     def _rerun(self, task_id: str) -> str:
         """Send ``task_id``'s call again under a new id, in its place."""
         new_id = str(uuid.uuid4())
-        self._send(new_id, self._calls[task_id])
+        name, args, body, queue, soft, hard = call = self._calls[task_id]
+        self._send(name, args, body, task_id=new_id, queue=queue, soft=soft, hard=hard)
+        self._queues.add(queue)
+        self._calls[new_id] = call
         old = self._outcomes.pop(task_id)
         self._order[self._order.index(task_id)] = new_id
         self._outcomes[new_id] = Outcome(task_id=new_id, task=old.task, device=old.device,

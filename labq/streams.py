@@ -56,10 +56,11 @@ class RunStreams:
     def wait(self, bar: Progress, timeout: float, pending_count: int) -> None:
         """Block until a task of the run ends or logs, at most ``timeout`` s.
 
-        Each task adds its id to the run's done stream once its result is
-        stored (by labq's result backend, in the same script); one ``XREAD`` waits on that stream
-        and the log stream together, so the loop wakes within a round trip
-        of a result instead of polling. Log lines read here are shown.
+        Each task's id is added to the run's done stream with its stored
+        result (labq's result backend does both in one script); one ``XREAD``
+        waits on that stream and the log stream together, so the loop wakes
+        within a round trip of a result instead of polling. Log lines read
+        here are shown.
 
         A wake reads only the results the stream named (``announced``), but
         with many pending the wakes are still spaced by 100 us per pending

@@ -160,8 +160,10 @@ class LabqTask(Task):  # type: ignore[misc]
         take = getattr(self.backend, "take_started", None)
         started = take(task_id) if take is not None else None
         shared = started is not None and settings.backend_url == settings.broker_url
-        if started is not None:
-            self.backend.store(started, pipe if shared else None)
+        # The store's reply: 0 when the task's SUCCESS was stored before.
+        stored = None if started is None or shared else self.backend.store(started)
+        if shared:
+            self.backend.store(started, pipe)
         pipe.hset(starts_key(run_id), task_id, json.dumps({
             "at": time.time(), "worker": self.request.hostname or "",
             "slot": slot_name(self.request.hostname), "pid": os.getpid(),
@@ -175,11 +177,19 @@ class LabqTask(Task):  # type: ignore[misc]
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
+        if shared:
+            stored = replies[0]
         cancelled, fenced = replies[-2:]
         if fenced:
             # Its run declared it lost (or ran it again) when its first worker
             # died; a redelivered message must not run it a second time.
             log.warning("task %s of run %s was declared lost earlier; not running it",
+                        task_id, run_id)
+            raise Ignore()
+        if stored == 0:
+            # It succeeded, but its ack was lost with the connection to Redis:
+            # the message came back; the task must not run a second time.
+            log.warning("task %s of run %s already succeeded; not running it again",
                         task_id, run_id)
             raise Ignore()
         if cancelled:

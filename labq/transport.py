@@ -16,19 +16,24 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 
 
+def reused_client(channel: Any) -> Any:
+    """The synchronous client of a kombu Redis ``channel``, made once per
+    channel and pool (labq's raw publishing uses it on any Redis channel)."""
+    client = getattr(channel, "_labq_client", None)
+    # A new pool (after kombu dropped the old one) needs a new client.
+    if client is None or client.connection_pool is not channel.pool:
+        client = kombu_redis.Channel._create_client(channel)  # type: ignore[no-untyped-call]
+        channel._labq_client = client
+    return client
+
+
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
     """A Redis channel that reuses its synchronous client."""
-
-    _labq_client: Any = None
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:  # BRPOP and pub/sub: kombu caches those itself
             return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
-        client = self._labq_client
-        # A new pool (after kombu dropped the old one) needs a new client.
-        if client is None or client.connection_pool is not self.pool:
-            client = self._labq_client = super()._create_client()  # type: ignore[no-untyped-call]
-        return client
+        return reused_client(self)
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]

@@ -42,6 +42,8 @@ from kombu.transport.redis import Channel as RedisChannel
 from kombu.transport.virtual.base import Channel as VirtualChannel
 from kombu.utils import json as kombu_json
 
+from labq.transport import reused_client
+
 if TYPE_CHECKING:
     from labq.publish import TaskMessage
 
@@ -81,7 +83,7 @@ class Wire:
     def pipeline(self) -> Any:
         """A non-transactional pipeline on the producer's Redis client, as kombu's batch."""
         stack = ExitStack()
-        pipe = _client(self.channel).pipeline(transaction=False)
+        pipe = reused_client(self.channel).pipeline(transaction=False)
         stack.callback(pipe.reset)
         return _Closing(pipe, stack)
 
@@ -254,16 +256,6 @@ def uuid4_strings(n: int) -> list[str]:
         h = raw[i:i + 16].hex()
         out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
     return out
-
-
-def _client(channel: Any) -> Any:
-    """One Redis client per kombu channel and pool: kombu builds a new one per
-    command, which costs more than a one-message pipeline (labq.transport)."""
-    client = getattr(channel, "_labq_client", None)
-    if client is None or client.connection_pool is not channel.pool:
-        client = channel._create_client()
-        channel._labq_client = client
-    return client
 
 
 def _maybe_declare(producer: Any, entity: Any) -> None:

@@ -16,7 +16,7 @@ import labq
 from labq.app import LabqCelery
 from labq.backend import LabqRedisBackend
 from labq.stack import Stack
-from labq.task_base import RUN_KWARG, done_key
+from labq.task_base import RUN_KWARG, SCRIPT_KWARG, done_key, log_key
 from tasks import diag
 
 
@@ -129,3 +129,27 @@ def test_a_hard_kill_stored_by_the_main_process_wakes_the_run(app: LabqCelery) -
         assert set(done_entries(client, run.id)) == {(task_id, "FAILURE")}
     finally:
         client.close()
+
+
+def test_a_redelivered_message_of_a_succeeded_task_does_not_run_it_again(
+        app: LabqCelery) -> None:
+    # As when a task succeeds just as its worker loses Redis and cannot ack.
+    with labq.Run("once", app=app, progress=False) as run:
+        task_id = run.submit(diag.sleep, seconds=0.2)
+    first = app.backend.get_task_meta(task_id)
+    assert first["status"] == "SUCCESS"
+    app.send_task(diag.sleep.name, kwargs={"seconds": 0.2, RUN_KWARG: run.id,
+                                           SCRIPT_KWARG: "redelivery"},
+                  task_id=task_id, queue="labq")
+    probe = app.send_task(diag.echo.name, args=[1], queue="labq")
+    assert probe.get(timeout=30) == 1
+    time.sleep(1.0)  # both workers had the time to take the redelivery
+    client = redis.Redis.from_url(app.conf.result_backend)
+    try:
+        runs: Any = client.xrange(log_key(run.id))
+        sleeping = [f for _id, f in runs
+                    if f[b"task_id"].decode() == task_id and b"sleeping" in f[b"message"]]
+    finally:
+        client.close()
+    assert len(sleeping) == 1, sleeping
+    assert app.backend.get_task_meta(task_id)["date_done"] == first["date_done"]
