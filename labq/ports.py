@@ -6,6 +6,9 @@ import random
 import socket
 from contextlib import ExitStack
 
+#: The lowest port :func:`free_ports` picks (when the ephemeral range allows).
+FIRST_PORT = 20000
+
 
 def free_ports(count: int, ip: str = "127.0.0.1") -> list[int]:
     """``count`` distinct TCP ports free on ``ip`` right now, chosen at random
@@ -13,7 +16,9 @@ def free_ports(count: int, ip: str = "127.0.0.1") -> list[int]:
     source port of some outgoing connection before the simulated device binds
     it (seen as "address already in use" at the lab's start)."""
     low = _ephemeral_start()
-    candidates = list(range(min(10000, low // 2), low))
+    # Above the fixed ports labq's own configs use (the demo lab's 12001-12020,
+    # Redis 6379, Flower 5555), which a test may bind at the same time.
+    candidates = list(range(FIRST_PORT if low > FIRST_PORT + 2048 else 1024, low))
     random.shuffle(candidates)
     with ExitStack() as stack:
         ports: list[int] = []
