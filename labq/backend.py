@@ -76,6 +76,9 @@ class LabqRedisBackend(RedisBackend):  # type: ignore[misc]
 
     def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
                       request: Any = None, **kwargs: Any) -> Any:
+        if traceback is None and state == states.FAILURE:
+            # A hard-killed task: where it was stuck (labq.killing, labq.stackdump).
+            traceback = getattr(request, "labq_stack", None) or None
         meta = self._get_result_meta(result=result, state=state, traceback=traceback,
                                      request=request)
         meta["task_id"] = bytes_to_str(task_id)  # type: ignore[no-untyped-call]

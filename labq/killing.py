@@ -30,8 +30,10 @@ from typing import Any
 import psutil
 from billiard.exceptions import Terminated, WorkerLostError
 from celery.exceptions import TimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 from celery.worker.request import Request
+
+from labq import stackdump
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ def init_child(**_: Any) -> None:
     # Registered here, in the child, so that only the forks a task makes run it.
     os.register_at_fork(after_in_child=_plain_signals_in_fork)
     lower_priority()
+    stackdump.arm()
 
 
 #: Set by :func:`install` in the worker's main process, before the pool forks.
@@ -129,6 +132,8 @@ def install(child_nice: int = 0) -> None:
     global _child_nice
     _child_nice = child_nice
     worker_process_init.connect(init_child, dispatch_uid="labq.killing.init_child", weak=False)
+    worker_process_shutdown.connect(stackdump.disarm, dispatch_uid="labq.stackdump.disarm",
+                                    weak=False)
 
 
 # -- in the worker's main process --------------------------------------------
@@ -247,14 +252,24 @@ class KillingRequest(Request):  # type: ignore[misc]
 
     _labq_killed: bool = False
     _labq_doomed: list[psutil.Process] | None = None
+    #: The child's stacks just before a hard-limit kill (labq.stackdump).
+    _labq_stack: str = ""
 
-    def _kill_tree(self, why: str) -> None:
+    def _kill_tree(self, why: str, stack: bool = False) -> None:
         if self._labq_killed or not self.worker_pid:
             return
         self._labq_killed = True
+        if stack:
+            self._labq_stack = stackdump.take(self.worker_pid)
+            # Both of Celery's stores of the hard limit (on_failure, then
+            # on_timeout) pass this context: labq's backend stores the
+            # stacks as the error's traceback (labq.backend).
+            self._context.labq_stack = self._labq_stack
         found = kill_child_tree(self.worker_pid)
-        log.warning("%s: killed task %s in child %s with its processes %s",
-                    why, self.id, self.worker_pid, found)
+        stackdump.discard(self.worker_pid)
+        log.warning("%s: killed task %s in child %s with its processes %s%s",
+                    why, self.id, self.worker_pid, found,
+                    f"; it was at:\n{self._labq_stack}" if self._labq_stack else "")
         self.on_killed()
 
     def on_killed(self) -> None:
@@ -268,7 +283,7 @@ class KillingRequest(Request):  # type: ignore[misc]
         if isinstance(exc, TimeLimitExceeded):
             # billiard reports the hard limit here before on_timeout and before
             # it signals the child: kill first, so no outcome precedes the kill.
-            self._kill_tree("hard time limit")
+            self._kill_tree("hard time limit", stack=True)
         elif isinstance(exc, (Terminated, WorkerLostError)):
             # The child is gone (a revoke, OOM, a crash): leave no orphan behind.
             sweep_group(self.worker_pid, self._labq_doomed)
@@ -295,7 +310,7 @@ class KillingRequest(Request):  # type: ignore[misc]
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         if not soft:
-            self._kill_tree("hard time limit")
+            self._kill_tree("hard time limit", stack=True)
         super().on_timeout(soft, timeout)
 
     def terminate(self, pool: Any, signal: Any = None) -> None:

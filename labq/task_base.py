@@ -151,6 +151,25 @@ class LabqTask(Task):  # type: ignore[misc]
         settings = self.app.labq_settings
         client = worker_redis(settings.broker_url, settings)
         task_id = self.request.id
+        try:
+            # Inside the try: a cancel's interrupt can arrive as soon as the
+            # start is recorded, before the task's own code runs.
+            self._record_start(client, run_id, task_id)
+            _install_log_handler()
+            current.run_id, current.task_id, current.client = run_id, task_id, client
+            current.device = str(kwargs.get("device") or (args[0] if args else "") or "")
+            return self.run(*args, **kwargs)
+        except (SoftTimeLimitExceeded, SoftTimeout) as exc:
+            # A cancel interrupts with the same signal as the soft limit.
+            if client.exists(cancel_key(run_id)):
+                raise TaskCancelled(f"run {run_id!r} was cancelled while task {task_id} ran") from exc
+            raise
+        finally:
+            current.run_id = current.task_id = current.device = None
+
+    def _record_start(self, client: redis.Redis, run_id: str, task_id: str) -> None:
+        """Store STARTED and the start record; refuse a fenced, finished or cancelled task."""
+        settings = self.app.labq_settings
         # Record the start, then check the cancel flag: a cancel sets the flag,
         # then reads the starts, so every task is either seen running (and
         # interrupted) or sees the flag here. A pipeline keeps that order on
@@ -194,18 +213,6 @@ class LabqTask(Task):  # type: ignore[misc]
             raise Ignore()
         if cancelled:
             raise TaskCancelled(f"run {run_id!r} was cancelled before task {task_id} started")
-        _install_log_handler()
-        current.run_id, current.task_id, current.client = run_id, task_id, client
-        current.device = str(kwargs.get("device") or (args[0] if args else "") or "")
-        try:
-            return self.run(*args, **kwargs)
-        except (SoftTimeLimitExceeded, SoftTimeout) as exc:
-            # A cancel interrupts with the same signal as the soft limit.
-            if client.exists(cancel_key(run_id)):
-                raise TaskCancelled(f"run {run_id!r} was cancelled while task {task_id} ran") from exc
-            raise
-        finally:
-            current.run_id = current.task_id = current.device = None
 
     def after_return(self, status: str, retval: Any, task_id: str, args: Any,
                      kwargs: Any, einfo: Any) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,10 @@ DEFAULT_READ_TIMEOUT = 60.0
 #: Longest wait, after "exit", for the device to close the session's
 #: channel and connection from its side.
 CLOSE_WAIT = 2.0
+#: Longest wait for paramiko's own close after the socket was shut.
+DROP_WAIT = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class NetmikoSession(Session):
@@ -116,7 +122,26 @@ class NetmikoSession(Session):
             _forget_secrets(conn)
 
     def _drop(self) -> None:
-        # No "exit" to a device that may be stuck in a command: close the socket.
+        # No "exit" to a device that may be stuck in a command. The socket is
+        # shut first, outside paramiko's locks: paramiko takes them with
+        # acquire-then-try, so an interrupt landing in between leaves one held
+        # and its close() would wait forever (past the hard limit).
+        client = getattr(self._conn, "remote_conn_pre", None)
+        transport = client.get_transport() if client is not None else None
+        sock = getattr(transport, "sock", None)
+        try:
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        closer = threading.Thread(target=self._close_objects, name="labq-drop", daemon=True)
+        closer.start()
+        closer.join(DROP_WAIT)
+        if closer.is_alive():
+            log.warning("paramiko's close of %s is stuck; left to a daemon thread",
+                        self.device.name)
+
+    def _close_objects(self) -> None:
         for attr in ("remote_conn", "remote_conn_pre"):
             obj = getattr(self._conn, attr, None)
             try:

@@ -86,7 +86,7 @@ def test_faulty_devices_end_in_the_right_status(app: LabqCelery, stack: Stack) -
         auth = r.submit(device.execute, device="authfail", command="show version")
         unreach = r.submit(device.execute, device="unreach", command="show version")
     by_id = {o.task_id: o for o in r.outcomes}
-    assert by_id[hang].status is labq.Status.SOFT_TIMEOUT
+    assert by_id[hang].status is labq.Status.SOFT_TIMEOUT, by_id[hang].error
     # The output gathered before the interrupt is kept.
     assert list(by_id[hang].value) == ["show ip interface brief"]
     assert by_id[auth].status is labq.Status.FAILED

@@ -74,6 +74,21 @@ def test_hard_limit_kills_the_child_and_all_it_started(
     assert_worker_serves(app, outcome.worker)
 
 
+def test_a_hard_killed_task_says_where_it_was_stuck(app: LabqCelery) -> None:
+    # diag.stubborn swallows the soft limit and sleeps on.
+    with labq.Run("stack", app=app, progress=False) as run:
+        run.submit(diag.stubborn, seconds=60, **LIMITS)
+    outcome = run.outcomes[0]
+    assert outcome.status is labq.Status.HARD_TIMEOUT, outcome
+    assert outcome.error is not None
+    # Its traceback is the child's stacks, taken just before the kill (labq.stackdump),
+    # without the pool's frames around the task.
+    stacks = outcome.error.traceback
+    assert "most recent call first" in stacks and "diag.py" in stacks, stacks
+    assert "in stubborn" in stacks and "billiard" not in stacks, stacks
+    assert_worker_serves(app, outcome.worker)
+
+
 def test_a_child_leads_its_own_process_group(app: LabqCelery, tmp_path: Path) -> None:
     pidfile = tmp_path / "pids"
     with labq.Run("groups", app=app, progress=False) as run:

@@ -7,12 +7,18 @@ import threading
 import time
 from typing import Any
 
+import pytest
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
 from kombu.connection import Connection
 
 import labq
+import tasks.diag  # noqa: F401  (registers tasks.diag.echo on every app)
 from labq.app import LabqCelery
 from labq.consumer import EVENT_FLUSH_INTERVAL, LabqConsumer
+from labq.errors import TaskCancelled
 from labq.redis_server import RedisServer
+from labq.task_base import RUN_KWARG, LabqTask, cancel_key
 from labq.transport import TRANSPORT, Channel
 
 
@@ -90,3 +96,25 @@ def test_workers_send_every_task_event_in_order(app: LabqCelery) -> None:
             receiver.should_stop = True
             thread.join(5)
     assert {t: seen.get(t) for t in ids} == {t: list(flow) for t in ids}
+
+
+@pytest.mark.parametrize("cancelled", [True, False], ids=["cancelled", "soft-limit"])
+def test_an_interrupt_while_the_start_is_recorded_ends_the_task_by_its_cause(
+        lone_app: LabqCelery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+        cancelled: bool) -> None:
+    # A cancel's SIGUSR1 can land as soon as the start is in Redis, before the
+    # task's own code: it must still end cancelled, and a soft limit a soft limit.
+    def interrupted(*_: Any) -> None:
+        raise SoftTimeLimitExceeded()
+
+    task = lone_app.tasks["tasks.diag.echo"]
+    monkeypatch.setattr(LabqTask, "_record_start", interrupted)
+    if cancelled:
+        redis_client.set(cancel_key("r-start"), "1")
+    task.push_request(id="t-start", called_directly=False, hostname="w@h")
+    try:
+        expected = TaskCancelled if cancelled else SoftTimeLimitExceeded
+        with pytest.raises(expected):
+            task(value=1, **{RUN_KWARG: "r-start"})
+    finally:
+        task.pop_request()
