@@ -29,6 +29,17 @@ TASK_PACKAGE = "tasks"
 ALLOWED_POOLS = frozenset({"prefork", "celery.concurrency.prefork:TaskPool"})
 
 
+def quiet_paramiko(loglevel: int | str | None) -> None:
+    """paramiko logs every connection and login at INFO: two lines per device
+    task in the worker's log, which labq's own errors already cover. A worker
+    at DEBUG keeps them, and so does a level set on ``paramiko`` explicitly."""
+    from celery.utils.log import mlevel
+
+    logger = logging.getLogger("paramiko")
+    if logger.level == logging.NOTSET and mlevel(loglevel or logging.WARNING) > logging.DEBUG:
+        logger.setLevel(logging.WARNING)
+
+
 class PreforkOnlyWorker(CeleryWorker):  # type: ignore[misc]
     """A worker that refuses every pool but prefork."""
 
@@ -44,6 +55,14 @@ class PreforkOnlyWorker(CeleryWorker):  # type: ignore[misc]
         from labq.killing import install
 
         install(child_nice=self.app.labq_settings.child_nice)
+        quiet_paramiko(self.loglevel)
+
+    def on_init_blueprint(self) -> None:
+        super().on_init_blueprint()
+        # Celery's Hub step builds the event loop the broker connection asks for.
+        from labq.hub import LabqHub
+
+        self._conninfo.requires_hub = LabqHub
 
     def _shutdown(self, warm: bool = True) -> None:
         # Children lead their own process groups, so the pool's own shutdown

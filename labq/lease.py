@@ -442,8 +442,12 @@ class _RenewalThread:
 
     def add(self, renewer: Renewer) -> None:
         with self._wake:
-            self._due[renewer] = time.monotonic() + renewer.ttl / 3
-            self._wake.notify()
+            at = time.monotonic() + renewer.ttl / 3
+            # The thread sleeps until the earliest renewal: wake it only when
+            # this one comes sooner (every task of a process would otherwise).
+            if not self._due or at < min(self._due.values()):
+                self._wake.notify()
+            self._due[renewer] = at
 
     def remove(self, renewer: Renewer) -> None:
         with self._wake:

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
 
 import labq
-from labq.app import check_pool, create_app
+from labq.app import check_pool, create_app, quiet_paramiko
 from labq.errors import ConfigError
 from labq.settings import Settings
 
@@ -97,3 +98,21 @@ def test_device_task_refuses_a_soft_limit_at_or_above_the_hard_one() -> None:
 
     with pytest.raises(labq.TimeLimitError, match=r"soft_time_limit=45.*time_limit=45"):
         device_task(soft_time_limit=45, time_limit=45)
+
+
+@pytest.mark.parametrize(("loglevel", "preset", "expected"), [
+    ("INFO", logging.NOTSET, logging.WARNING),
+    (logging.WARNING, logging.NOTSET, logging.WARNING),
+    ("DEBUG", logging.NOTSET, logging.NOTSET),
+    ("INFO", logging.INFO, logging.INFO),
+])
+def test_paramiko_connection_chatter_is_quiet_unless_asked_for(
+        loglevel: int | str, preset: int, expected: int) -> None:
+    logger = logging.getLogger("paramiko")
+    before = logger.level
+    logger.setLevel(preset)
+    try:
+        quiet_paramiko(loglevel)
+        assert logger.level == expected
+    finally:
+        logger.setLevel(before)
