@@ -3,8 +3,8 @@
 Every worker's main process writes ``labq:worker:{hostname}``, a hash that
 expires after ``worker_ttl`` seconds, every ``worker_ttl / 5`` seconds. A
 run that finds the key of the worker running one of its tasks gone declares
-that worker dead (labq.run). Celery's own answer, the broker's visibility
-timeout, would leave the task unacknowledged for an hour.
+that worker dead (labq.dead_workers). Celery's own answer, the broker's
+visibility timeout, would leave the task unacknowledged for an hour.
 
 A run declares a worker dead once its key has been missing for another
 ``worker_ttl / 2`` (``FENCE_AFTER`` below is shorter than both together).

@@ -2,9 +2,8 @@
 
 A :class:`Run` tags every task with its id and the testscript's name,
 gathers outcomes from the raw result records in Redis, streams the tasks'
-log lines, shows progress, and cancels durably: a flag in Redis stops queued
-tasks even across worker restarts, a soft interrupt stops running ones, and
-a hard kill follows after a grace period.
+log lines, shows progress, settles the tasks of dead workers
+(labq.dead_workers) and cancels durably (labq.cancel).
 """
 
 from __future__ import annotations
@@ -24,27 +23,22 @@ import redis
 
 from labq import liveness, publish
 from labq.app import LabqCelery, create_app
+from labq.cancel import cancel_run
+from labq.dead_workers import check_workers, fence_stopped
 from labq.errors import (
     BrokerUnavailable,
     PartialSubmit,
     RunTimeout,
     SubmitError,
 )
-from labq.outcome import Outcome, RemoteError, Status, outcome_from_meta
+from labq.outcome import Outcome, Status, outcome_from_meta
 from labq.progress import Progress
 from labq.publish import DEFAULT_CHUNK
 from labq.redis_client import connect, describe, retrying
 from labq.settings import Settings, mask_url
 from labq.streams import RunStreams
 from labq.submission import check_json, check_limits, first, script_name, task_name
-from labq.task_base import (
-    RUN_KWARG,
-    RUN_TTL,
-    SCRIPT_KWARG,
-    cancel_key,
-    fenced_key,
-    starts_key,
-)
+from labq.task_base import RUN_KWARG, SCRIPT_KWARG, starts_key
 from labq.wire import uuid4_strings
 
 log = logging.getLogger(__name__)
@@ -264,80 +258,8 @@ class Run:
             self._outcomes[task_id] = new
             if new.status.final:
                 done.append(new)
-        self._fence_stopped(done)
-        return done + self._check_workers()
-
-    def _fence_stopped(self, done: list[Outcome]) -> None:
-        """Fence tasks stopped from outside the run (a revoke, or Celery's cancel
-        when a worker loses Redis): their messages may still come back, with
-        the visibility timeout, and must not run then."""
-        stopped = [o.task_id for o in done if o.status is Status.CANCELLED]
-        if not stopped or self._cancelled:
-            return  # a cancel of our own is fenced by the run's cancel flag
-        try:
-            self.redis.hset(fenced_key(self.id), mapping=dict.fromkeys(stopped, "stopped"))
-            self.redis.expire(fenced_key(self.id), RUN_TTL)
-        except redis.RedisError as exc:
-            log.warning("could not fence stopped tasks %s: %s", stopped, exc)
-
-    # -- dead workers -----------------------------------------------------
-
-    def _check_workers(self) -> list[Outcome]:
-        """Settle the running tasks of workers whose heartbeat expired.
-
-        A task that may run again (``idempotent``) is sent once more under a
-        new id (see :attr:`reruns`); any other becomes ``lost``. Either way
-        its id is fenced first, so the old message, redelivered when the
-        host returns or the visibility timeout passes, never runs it again.
-        """
-        running = {t: o.worker for t in self._pending()
-                   if (o := self._outcomes[t]).status is Status.RUNNING and o.worker}
-        dead = self._watch.dead(running)
-        if not dead:
-            return []
-        pipe = self.redis.pipeline()
-        for task_id, worker in dead.items():
-            pipe.hset(fenced_key(self.id), task_id, worker)
-        pipe.expire(fenced_key(self.id), RUN_TTL)
-        pipe.execute()
-        lost = []
-        at = datetime.now(timezone.utc)
-        for task_id, worker in dead.items():
-            self._release_leases(task_id)
-            old = self._outcomes[task_id]
-            task = self.app.tasks.get(old.task)
-            if getattr(task, "idempotent", False) and task_id not in self.reruns.values():
-                self._rerun(task_id)
-                continue
-            self._outcomes[task_id] = old.with_status(Status.LOST, finished_at=at, error=RemoteError(
-                "WorkerLost", f"worker {worker} stopped its heartbeat while running "
-                f"{old.task} (silent for over {self.settings.worker_ttl * 1.5:g} s)", ""))
-            lost.append(self._outcomes[task_id])
-        return lost
-
-    def _release_leases(self, task_id: str) -> None:
-        """Free a dead task's leases now; without the right (the ``client`` ACL
-        user has none on leases) they expire with their TTL instead."""
-        from labq.lease import Leases
-
-        try:
-            Leases(self.redis).release_all(task_id)
-        except redis.RedisError as exc:
-            log.debug("leases of lost task %s left to expire: %s", task_id, exc)
-
-    def _rerun(self, task_id: str) -> str:
-        """Send ``task_id``'s call again under a new id, in its place."""
-        new_id = str(uuid.uuid4())
-        name, args, body, queue, soft, hard = call = self._calls[task_id]
-        self._send(name, args, body, task_id=new_id, queue=queue, soft=soft, hard=hard)
-        self._queues.add(queue)
-        self._calls[new_id] = call
-        old = self._outcomes.pop(task_id)
-        self._order[self._order.index(task_id)] = new_id
-        self._outcomes[new_id] = Outcome(task_id=new_id, task=old.task, device=old.device,
-                                         status=Status.QUEUED, queued_at=datetime.now(timezone.utc))
-        self.reruns[task_id] = new_id
-        return new_id
+        fence_stopped(self, done)
+        return done + check_workers(self)
 
     def as_completed(self, timeout: float | None = None) -> Iterator[Outcome]:
         """Yield each outcome as its task ends. At ``timeout`` the rest is
@@ -405,53 +327,7 @@ class Run:
         interrupt and, after ``grace`` seconds, the hard kill. A Ctrl-C
         during the grace kills at once."""
         grace = self.grace if grace is None else grace
-        self._cancelled = True
-        try:
-            self.redis.set(cancel_key(self.id), "1", ex=RUN_TTL)
-        except redis.RedisError as exc:
-            raise BrokerUnavailable(
-                f"cannot record the cancel of {self.id!r}: {exc}") from exc
-        self.refresh()
-        pending = self._pending()
-        if not pending:
-            return self.outcomes
-        self._purge_queued(set(pending))
-        control = self.app.control
-        control.revoke(pending)  # workers drop these if a message still arrives
-        running = [t for t in pending if self._outcomes[t].status is Status.RUNNING]
-        if running:
-            control.revoke(running, terminate=True, signal="SIGUSR1")
-        try:
-            end = time.monotonic() + grace
-            while time.monotonic() < end and any(
-                    self._outcomes[t].status is Status.RUNNING for t in self._pending()):
-                time.sleep(0.1)
-                self.refresh()
-        except KeyboardInterrupt:
-            pass  # a second Ctrl-C: kill now
-        finally:
-            still = [t for t in self._pending() if self._outcomes[t].status is Status.RUNNING]
-            if still:
-                control.revoke(still, terminate=True, signal="SIGKILL")
-        now = datetime.now(timezone.utc)
-        for task_id in self._pending():
-            old = self._outcomes[task_id]
-            self._outcomes[task_id] = old.with_status(Status.CANCELLED, finished_at=now)
-        return self.outcomes
-
-    def _purge_queued(self, ids: set[str]) -> None:
-        """Take the run's messages off the Redis queues they wait in."""
-        for queue in self._queues:
-            try:
-                for raw in self.redis.lrange(queue, 0, -1):
-                    try:
-                        task_id = json.loads(raw)["headers"]["id"]
-                    except (ValueError, KeyError, TypeError):
-                        continue
-                    if task_id in ids:
-                        self.redis.lrem(queue, 1, raw)  # type: ignore[arg-type]
-            except redis.RedisError:
-                continue  # the durable flag still stops them
+        return cancel_run(self, grace)
 
     # -- reporting and context --------------------------------------------
 

@@ -1,4 +1,4 @@
-"""A worker host that dies mid-run (labq.liveness, Run._check_workers).
+"""A worker host that dies mid-run (labq.liveness, labq.dead_workers).
 
 Its running tasks become ``lost`` within the heartbeat TTL, or run again
 once elsewhere when idempotent; their leases are freed; a redelivered
