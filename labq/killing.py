@@ -17,6 +17,8 @@ outlive it as orphans (billiard #204). labq closes that hole in two places:
   sweeps what is left of the group. A revoke with SIGUSR1 (the cancel's
   interrupt) only signals the child and leaves the task active, so the
   SIGKILL revoke that follows a grace period still finds it.
+- Before a hard-limit kill the main process takes the child's stacks
+  (:mod:`labq.stackdump`), which become the stored error's traceback.
 """
 
 from __future__ import annotations

@@ -73,13 +73,13 @@ def take(pid: int, wait: float = TAKE_WAIT) -> str:
         return ""
     deadline = time.monotonic() + wait
     size, settled = 0, 0
-    while time.monotonic() < deadline and settled < 3:
-        time.sleep(0.005)
+    while time.monotonic() < deadline and settled < 2:
+        time.sleep(0.002)
         try:
             now = path.stat().st_size
         except OSError:
             return ""
-        # Written and no longer growing for three polls: the dump is whole.
+        # Written and no longer growing for two polls: the dump is whole.
         settled = settled + 1 if now and now == size else 0
         size = now
     try:
