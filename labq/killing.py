@@ -36,6 +36,7 @@ from celery.signals import worker_process_init, worker_process_shutdown
 from celery.worker.request import Request
 
 from labq import stackdump
+from labq.interrupt import SOFT_SIGNAL
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +242,6 @@ def _killpg(pgid: int) -> bool:
 
 
 _SIGKILL = signal.SIGKILL
-#: billiard's soft time limit signal; labq's cancel interrupts with it too.
-_SOFT_SIGNAL = signal.SIGUSR1
 
 
 class KillingRequest(Request):  # type: ignore[misc]
@@ -320,7 +319,7 @@ class KillingRequest(Request):  # type: ignore[misc]
 
         signum = signals.signum(signal or "SIGTERM")
         if self.time_start and self.worker_pid:
-            if signum == _SOFT_SIGNAL:
+            if signum == SOFT_SIGNAL:
                 # An interrupt, not an end: Celery would mark the task revoked
                 # and forget it, so a later SIGKILL revoke (Run.cancel's grace
                 # escalation) found nothing. Signal the child only; the task

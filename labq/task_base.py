@@ -26,6 +26,7 @@ from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from labq.errors import SoftTimeout, TaskCancelled
+from labq.interrupt import armed
 from labq.redis_client import connect
 from labq.settings import Settings
 
@@ -146,19 +147,23 @@ class LabqTask(Task):  # type: ignore[misc]
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         run_id = kwargs.pop(RUN_KWARG, None)
         kwargs.pop(SCRIPT_KWARG, None)
-        if run_id is None or getattr(self.request, "called_directly", True):
+        if getattr(self.request, "called_directly", True):
             return self.run(*args, **kwargs)
+        if run_id is None:
+            with armed():
+                return self.run(*args, **kwargs)
         settings = self.app.labq_settings
         client = worker_redis(settings.broker_url, settings)
         task_id = self.request.id
         try:
-            # Inside the try: a cancel's interrupt can arrive as soon as the
-            # start is recorded, before the task's own code runs.
-            self._record_start(client, run_id, task_id)
-            _install_log_handler()
-            current.run_id, current.task_id, current.client = run_id, task_id, client
-            current.device = str(kwargs.get("device") or (args[0] if args else "") or "")
-            return self.run(*args, **kwargs)
+            # Armed from the start record on: a cancel's interrupt can arrive
+            # as soon as the start is in Redis, before the task's own code.
+            with armed():
+                self._record_start(client, run_id, task_id)
+                _install_log_handler()
+                current.run_id, current.task_id, current.client = run_id, task_id, client
+                current.device = str(kwargs.get("device") or (args[0] if args else "") or "")
+                return self.run(*args, **kwargs)
         except (SoftTimeLimitExceeded, SoftTimeout) as exc:
             # A cancel interrupts with the same signal as the soft limit.
             if client.exists(cancel_key(run_id)):
