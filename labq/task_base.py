@@ -115,6 +115,8 @@ class RunLogHandler(logging.Handler):
                  "message": self.format(record), "at": str(record.created)},
                 maxlen=LOG_STREAM_MAXLEN, approximate=True,
             )
+        except SoftTimeLimitExceeded:
+            raise  # an interrupt that lands in the XADD is the task's, not a log failure
         except Exception:
             pass
 

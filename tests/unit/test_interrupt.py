@@ -36,3 +36,20 @@ def test_after_the_body_the_interrupt_is_dropped(caplog: pytest.LogCaptureFixtur
     with caplog.at_level("INFO", logger="labq.interrupt"):
         interrupt()  # no exception: the task it was meant for has ended
     assert "after its task had ended" in caplog.text
+
+
+def test_an_interrupt_inside_a_log_line_to_the_run_is_not_swallowed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from labq import task_base
+
+    class Interrupted:
+        def xadd(self, *_: object, **__: object) -> None:
+            raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(task_base.current, "run_id", "r1")
+    monkeypatch.setattr(task_base.current, "client", Interrupted())
+    record = logging.LogRecord("tasks.x", logging.INFO, __file__, 1, "hello", None, None)
+    with pytest.raises(SoftTimeLimitExceeded):
+        task_base.RunLogHandler().emit(record)
