@@ -253,24 +253,22 @@ class KillingRequest(Request):  # type: ignore[misc]
 
     _labq_killed: bool = False
     _labq_doomed: list[psutil.Process] | None = None
-    #: The child's stacks just before a hard-limit kill (labq.stackdump).
-    _labq_stack: str = ""
 
     def _kill_tree(self, why: str, stack: bool = False) -> None:
         if self._labq_killed or not self.worker_pid:
             return
         self._labq_killed = True
-        if stack:
-            self._labq_stack = stackdump.take(self.worker_pid)
+        stacks = stackdump.take(self.worker_pid) if stack else ""
+        if stacks:
             # Both of Celery's stores of the hard limit (on_failure, then
             # on_timeout) pass this context: labq's backend stores the
             # stacks as the error's traceback (labq.backend).
-            self._context.labq_stack = self._labq_stack
+            self._context.labq_stack = stacks
         found = kill_child_tree(self.worker_pid)
         stackdump.discard(self.worker_pid)
         log.warning("%s: killed task %s in child %s with its processes %s%s",
                     why, self.id, self.worker_pid, found,
-                    f"; it was at:\n{self._labq_stack}" if self._labq_stack else "")
+                    f"; it was at:\n{stacks}" if stacks else "")
         self.on_killed()
 
     def on_killed(self) -> None:

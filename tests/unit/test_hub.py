@@ -67,9 +67,24 @@ def test_a_reader_stays_when_no_writer_is_removed(hub: LabqHub, pipe: tuple[int,
 
 
 def test_workers_run_on_it() -> None:
+    import logging
+
+    from celery._state import _set_task_join_will_block, task_join_will_block
+    from celery.app.trace import reset_worker_optimizations
+
     from labq.app import create_app
     from labq.settings import Settings
 
+    # Building a worker changes this process: paramiko's logger
+    # (labq.app.quiet_paramiko), Celery's tracer and its join guard. Undone
+    # after, or later tests in this process could not wait for results.
+    paramiko = logging.getLogger("paramiko")
+    level, will_block = paramiko.level, task_join_will_block()
     app = create_app(Settings.load(env={}, config_file=os.devnull))
-    worker = app.Worker(pool="prefork", concurrency=1)
-    assert worker._conninfo.requires_hub is LabqHub
+    try:
+        worker = app.Worker(pool="prefork", concurrency=1)
+        assert worker._conninfo.requires_hub is LabqHub
+    finally:
+        paramiko.setLevel(level)
+        reset_worker_optimizations(app)
+        _set_task_join_will_block(will_block)
