@@ -13,18 +13,27 @@ Because the announcement now rides with the stored result, an end stored by
 the worker's main process (a hard time-limit kill, a revoke, a lost child)
 also wakes the run at once, which an ``after_return`` hook in the child
 could not do.
+
+Other commands due at a task's end can ride along too (:class:`Rider`): a
+device task's lease release goes in the same round trip as its result.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
 from labq.task_base import DONE_STREAM_MAXLEN, RUN_KWARG, RUN_TTL, done_key
+
+log = logging.getLogger(__name__)
 
 # KEYS: result key [, done stream]; ARGV: value, expiry (0: none), task id,
 # state, stream maxlen, stream ttl. As RedisBackend: never overwrite SUCCESS.
@@ -53,6 +62,21 @@ return stored
 """
 
 
+@dataclass(frozen=True)
+class Rider:
+    """Commands to send with a task's next stored end (not ``STARTED``).
+
+    ``queue(pipe)`` queues exactly one command on the store's pipeline; if its
+    reply is an error (``NOSCRIPT`` after a Redis restart, say), or the end
+    is never stored (an ``Ignore``, a store that failed), ``fallback()``
+    does the work on its own. Either way it runs once.
+    """
+
+    task_id: str
+    queue: Callable[[Any], object]
+    fallback: Callable[[], object]
+
+
 def run_of(request: Any) -> str | None:
     """The labq run id a task request carries, if any."""
     kwargs = getattr(request, "kwargs", None)
@@ -73,6 +97,28 @@ class LabqRedisBackend(RedisBackend):  # type: ignore[misc]
         #: The STARTED state of the run task about to start in this prefork
         #: child, left for LabqTask to write with its start record.
         self._started: tuple[str, tuple[Any, ...]] | None = None
+        #: What rides with the end of the task running in this process.
+        self._rider: Rider | None = None
+
+    def add_rider(self, rider: Rider) -> None:
+        """Send ``rider`` with its task's stored end (see :class:`Rider`)."""
+        if self._rider is not None:
+            self._run_fallback()
+        self._rider = rider
+
+    def process_cleanup(self) -> None:
+        # Celery's tracer calls this after every task in a worker child: a
+        # rider whose end was never stored (an Ignore, a failed store) runs now.
+        super().process_cleanup()
+        self._run_fallback()
+
+    def _run_fallback(self) -> None:
+        rider, self._rider = self._rider, None
+        if rider is not None:
+            try:
+                rider.fallback()
+            except Exception:
+                log.exception("the end-of-task commands of task %s failed", rider.task_id)
 
     def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
                       request: Any = None, **kwargs: Any) -> Any:
@@ -126,8 +172,26 @@ class LabqRedisBackend(RedisBackend):  # type: ignore[misc]
         return self._store_script
 
     def _store(self, *args: Any) -> Any:
-        keys, argv = _script_input(*args)
-        return self._script()(keys=keys, args=argv)
+        task_id, state = args[3], args[4]
+        rider = self._rider
+        if rider is None or rider.task_id != task_id or state == states.STARTED:
+            keys, argv = _script_input(*args)
+            return self._script()(keys=keys, args=argv)
+        pipe = self.client.pipeline(transaction=False)
+        rider.queue(pipe)
+        self.store(args, pipe)
+        # A failed round trip keeps the rider: Celery's retry sends it again.
+        ridden, stored = pipe.execute(raise_on_error=False)
+        self._rider = None
+        if isinstance(ridden, Exception):
+            self._rider = rider
+            self._run_fallback()
+        if isinstance(stored, redis.exceptions.NoScriptError):
+            keys, argv = _script_input(*args)
+            return self._script()(keys=keys, args=argv)  # loads it again
+        if isinstance(stored, Exception):
+            raise stored
+        return stored
 
 
 def _script_input(key: str, value: Any, expires: float, task_id: str, state: str,

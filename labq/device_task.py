@@ -13,6 +13,11 @@ The task is called with ``device="r1"``. On the worker it then:
 
 A hard kill skips step 6 in the child; :class:`DeviceRequest` runs in the
 worker's main process and releases the lease at once.
+
+Two of the lease's round trips ride on others the task makes anyway: a first
+try asks for its lease in its start record's round trip
+(:class:`_LeaseAtStart`), and the release goes with the stored result
+(:class:`labq.backend.Rider`).
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from typing import Any, TypeVar
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from labq.backend import LabqRedisBackend, Rider
 from labq.drivers import open_session
 from labq.errors import SoftTimeout, TimeLimitError
 from labq.killing import KillingRequest
-from labq.lease import Grant, Leases, Renewer
+from labq.lease import Grant, Leases, Renewer, Wait
 from labq.redis_client import connect
 from labq.task_base import LabqTask
 from labq.testbed import Device, Testbed, load_testbed
@@ -107,6 +113,53 @@ class DeviceTask(LabqTask):
     connect_timeout: float = 10.0
     #: Lease waits retry without a count; ``lease_timeout`` bounds them.
     max_retries = None
+    #: False for ``@device_task(session=False)``: no lease, no connection.
+    takes_lease: bool = True
+
+    def _start_rider(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _LeaseAtStart | None:
+        request = self.request
+        # A retry or a redelivery may have waited before: _take_lease asks with its place.
+        if (not self.takes_lease or request.is_eager or request.retries
+                or (request.delivery_info or {}).get("redelivered")):
+            return None
+        try:
+            ctx = worker_context(self.app)
+            dev = ctx.device(kwargs["device"] if "device" in kwargs else args[0])
+        except Exception:
+            return None  # the task's own run reports it
+        rider = _LeaseAtStart(ctx.leases, dev.name, request.id, dev.max_sessions,
+                              self.name, request.hostname or "")
+        request.labq_lease_at_start = rider
+        return rider
+
+
+@dataclass
+class _LeaseAtStart:
+    """A first try's lease request, sent with its start record."""
+
+    leases: Leases
+    device: str
+    holder: str
+    max_sessions: int
+    task: str
+    worker: str
+    #: The answer; None if the request failed (then _take_lease asks again).
+    answer: Grant | Wait | None = None
+
+    def queue(self, pipe: Any) -> None:
+        self.leases.queue_acquire(pipe, self.device, self.holder, self.max_sessions,
+                                  task=self.task, worker=self.worker)
+
+    def answered(self, reply: Any) -> None:
+        if not isinstance(reply, Exception):  # NOSCRIPT: this process's first acquire
+            self.answer = self.leases.acquire_answer(self.device, self.holder, reply)
+
+    def undo(self) -> None:
+        try:
+            self.leases.release(self.device, self.holder)
+        except Exception:
+            log.exception("could not give back the lease on %s of task %s; it expires by TTL",
+                          self.device, self.holder)
 
 
 def device_task(
@@ -146,7 +199,7 @@ def device_task(
             soft_time_limit=soft_time_limit, time_limit=time_limit,
             lease_timeout=lease_timeout, connect_timeout=connect_timeout,
             idempotent=idempotent, acks_late=True,
-            reject_on_worker_lost=idempotent,
+            reject_on_worker_lost=idempotent, takes_lease=session,
         )
 
     return wrap(fn) if fn is not None else wrap
@@ -170,7 +223,22 @@ def _run_on_device(task: DeviceTask, func: Callable[..., Any], device: str,
             finally:
                 session.close()
     finally:
-        ctx.leases.release(dev.name, task.request.id)
+        _release(task, ctx.leases, dev.name)
+
+
+def _release(task: DeviceTask, leases: Leases, device: str) -> None:
+    """Release the lease with the task's stored result, else at once."""
+    holder = task.request.id
+    settings = task.app.labq_settings
+    if (task.request.is_eager or not isinstance(task.backend, LabqRedisBackend)
+            or settings.backend_url != settings.broker_url):
+        leases.release(device, holder)
+        return
+    task.backend.add_rider(Rider(
+        holder,
+        queue=lambda pipe: leases.queue_release(pipe, device, holder),
+        fallback=lambda: leases.release(device, holder),
+    ))
 
 
 def _take_lease(task: DeviceTask, leases: Leases, device: str, max_sessions: int) -> Grant:
@@ -188,9 +256,12 @@ def _take_lease(task: DeviceTask, leases: Leases, device: str, max_sessions: int
     raw = leases.client.get(since_key) if again else None
     since = float(raw) if raw else None
     slot_deadline = time.monotonic() + IN_SLOT_WAIT
+    at_start = getattr(request, "labq_lease_at_start", None)
+    answer = at_start.answer if at_start is not None else None
     while True:
-        answer = leases.acquire(device, holder, max_sessions, since=since,
-                                task=task.name, worker=task.request.hostname or "")
+        if answer is None:
+            answer = leases.acquire(device, holder, max_sessions, since=since,
+                                    task=task.name, worker=task.request.hostname or "")
         if isinstance(answer, Grant):
             if since is not None:
                 leases.client.delete(since_key)
@@ -211,3 +282,4 @@ def _take_lease(task: DeviceTask, leases: Leases, device: str, max_sessions: int
             behind = answer.position - max_sessions
             raise task.retry(countdown=min(MAX_RETRY_AFTER, max(RETRY_AFTER, 0.2 * behind)))
         time.sleep(POLL)
+        answer = None

@@ -35,6 +35,7 @@ from typing import Any
 
 import redis
 
+from labq import lease_scripts as scripts
 from labq.errors import BrokerUnavailable, DeviceBusy, LeaseError
 from labq.settings import mask_url
 
@@ -58,148 +59,6 @@ def held_key(holder: str) -> str:  # devices the holder holds
 
 def waiting_key(holder: str) -> str:  # devices the holder waits for
     return f"{PREFIX}waiting:{holder}"
-
-
-# Shared by every script. ARGV[1] is always the prefix, ARGV[2] the waiter TTL.
-_LUA_LIB = """
-local P, WTTL = ARGV[1], tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function keys(d)
-  return P..'lease:'..d, P..'lease:'..d..':info', P..'wait:'..d, P..'wait:'..d..':seen'
-end
-local function keep(key, ms)  -- make key live at least ms more
-  local left = redis.call('PTTL', key)
-  if left == -1 or (left >= 0 and left < ms) then redis.call('PEXPIRE', key, ms) end
-end
-local function drop_holder(d, h)  -- 1 if h held d and its lease had not expired
-  local lease, info = keys(d)
-  local s = redis.call('ZSCORE', lease, h)
-  redis.call('ZREM', lease, h); redis.call('HDEL', info, h)
-  redis.call('SREM', P..'held:'..h, d)
-  if s and tonumber(s) > now then return 1 end
-  return 0
-end
-local function unwait(d, h)
-  local _, _, wait, seen = keys(d)
-  local n = redis.call('ZREM', wait, h); redis.call('HDEL', seen, h)
-  redis.call('SREM', P..'waiting:'..h, d)
-  return n
-end
-local function purge(d)
-  local lease, _, wait, seen = keys(d)
-  for _, h in ipairs(redis.call('ZRANGEBYSCORE', lease, '-inf', now)) do drop_holder(d, h) end
-  local flat, seen_at = redis.call('HGETALL', seen), {}
-  for i = 1, #flat, 2 do seen_at[flat[i]] = tonumber(flat[i + 1]) end
-  for _, w in ipairs(redis.call('ZRANGE', wait, 0, -1)) do
-    if not seen_at[w] or seen_at[w] + WTTL <= now then unwait(d, w) end
-  end
-end
-local function tidy(d)  -- expiries follow the content; empty keys go
-  local lease, info, wait, seen = keys(d)
-  local used = false
-  local top = redis.call('ZRANGE', lease, -1, -1, 'WITHSCORES')
-  if #top > 0 then
-    local ms = math.max(1, tonumber(top[2]) - now)
-    redis.call('PEXPIRE', lease, ms); redis.call('PEXPIRE', info, ms); used = true
-  else
-    redis.call('DEL', lease, info)
-  end
-  if redis.call('ZCARD', wait) > 0 then
-    keep(wait, WTTL); keep(seen, WTTL); used = true
-  else
-    redis.call('DEL', wait, seen)
-  end
-  if used then redis.call('SADD', P..'devices', d) else redis.call('SREM', P..'devices', d) end
-end
-"""
-
-# ARGV: prefix, wttl, device, holder, max_sessions, ttl, task, worker, since
-_ACQUIRE = _LUA_LIB + """
-local d, h, max, ttl = ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-local lease, info, wait, seen = keys(d)
-purge(d)
-local function grant(fresh)
-  redis.call('ZADD', lease, now + ttl, h)
-  if fresh then
-    local meta = {task = ARGV[7], worker = ARGV[8], since = now / 1000}
-    redis.call('HSET', info, h, cjson.encode(meta))
-  end
-  unwait(d, h)
-  redis.call('SADD', P..'held:'..h, d); keep(P..'held:'..h, ttl)
-  tidy(d)
-  return {1, now + ttl}
-end
-if redis.call('ZSCORE', lease, h) then return grant(false) end
-if not redis.call('ZSCORE', wait, h) then
-  -- a waiter dropped as stale comes back with its first-wait time
-  local since = tonumber(ARGV[9])
-  if since <= 0 or since > now then since = now end
-  redis.call('ZADD', wait, since, h)
-end
-redis.call('HSET', seen, h, now)
--- free slots go to the earliest live waiters; a newcomer is simply the last
-local rank = redis.call('ZRANK', wait, h)
-if rank < max - redis.call('ZCARD', lease) then return grant(true) end
-redis.call('SADD', P..'waiting:'..h, d); keep(P..'waiting:'..h, WTTL)
-tidy(d)
-return {0, rank + 1, redis.call('ZSCORE', wait, h), now, redis.call('ZRANGE', lease, 0, -1)}
-"""
-
-# ARGV: prefix, wttl, device, holder, ttl
-_RENEW = _LUA_LIB + """
-local d, h, ttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
-local lease, info = keys(d)
-local s = redis.call('ZSCORE', lease, h)
--- an expired lease is lost even if nobody purged it yet: the slot may be reused
-if not s or tonumber(s) <= now then drop_holder(d, h); tidy(d); return 0 end
-redis.call('ZADD', lease, now + ttl, h)
-keep(lease, ttl); keep(info, ttl); keep(P..'held:'..h, ttl)
-return now + ttl
-"""
-
-# ARGV: prefix, wttl, device, holder
-_RELEASE = _LUA_LIB + """
-local d, h = ARGV[3], ARGV[4]
-local live = drop_holder(d, h)
-unwait(d, h); tidy(d)
-return live
-"""
-
-# ARGV: prefix, wttl, device, holder
-_ABANDON = _LUA_LIB + """
-local n = unwait(ARGV[3], ARGV[4]); tidy(ARGV[3])
-return n
-"""
-
-# ARGV: prefix, wttl, holder
-_RELEASE_ALL = _LUA_LIB + """
-local h, out = ARGV[3], {}
-for _, d in ipairs(redis.call('SMEMBERS', P..'held:'..h)) do
-  if drop_holder(d, h) == 1 then out[#out + 1] = d end
-  tidy(d)
-end
-for _, d in ipairs(redis.call('SMEMBERS', P..'waiting:'..h)) do unwait(d, h); tidy(d) end
-redis.call('DEL', P..'held:'..h, P..'waiting:'..h)
-return out
-"""
-
-# ARGV: prefix, wttl, device ('' for all)
-_STATE = _LUA_LIB + """
-local ds = {ARGV[3]}
-if ARGV[3] == '' then ds = redis.call('SMEMBERS', P..'devices') end
-local out = {}
-for _, d in ipairs(ds) do
-  purge(d); tidy(d)
-  local lease, info, wait = keys(d)
-  local hs = redis.call('ZRANGE', lease, 0, -1, 'WITHSCORES')
-  local ws = redis.call('ZRANGE', wait, 0, -1, 'WITHSCORES')
-  local infos = {}
-  for i = 1, #hs, 2 do infos[#infos + 1] = redis.call('HGET', info, hs[i]) end
-  if #hs > 0 or #ws > 0 then out[#out + 1] = {d, hs, infos, ws} end
-end
-return out
-"""
 
 
 @dataclass(frozen=True)
@@ -290,16 +149,19 @@ class Leases:
         self.client = client
         _ms("ttl", ttl), _ms("waiter_ttl", waiter_ttl)
         self.ttl, self.waiter_ttl = ttl, waiter_ttl
-        self._acquire = client.register_script(_ACQUIRE)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
-        self._abandon = client.register_script(_ABANDON)
-        self._release_all = client.register_script(_RELEASE_ALL)
-        self._state = client.register_script(_STATE)
+        self._acquire = client.register_script(scripts.ACQUIRE)
+        self._renew = client.register_script(scripts.RENEW)
+        self._release = client.register_script(scripts.RELEASE)
+        self._abandon = client.register_script(scripts.ABANDON)
+        self._release_all = client.register_script(scripts.RELEASE_ALL)
+        self._state = client.register_script(scripts.STATE)
+
+    def _argv(self, *args: object) -> list[object]:
+        return [PREFIX, int(self.waiter_ttl * 1000), *args]
 
     def _run(self, script: Any, keys: Sequence[str], *args: object) -> Any:
         try:
-            return script(keys=list(keys), args=[PREFIX, int(self.waiter_ttl * 1000), *args])
+            return script(keys=list(keys), args=self._argv(*args))
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise BrokerUnavailable(
                 f"device leases: Redis at {masked_url(self.client)} unavailable: {exc}") from exc
@@ -312,21 +174,40 @@ class Leases:
         A holder that already holds ``device`` gets its lease renewed. ``since``
         (epoch s) is the first-wait time to use if ``holder`` is not in line.
         """
-        _check("device", device)
-        _check("holder", holder)
-        if not isinstance(max_sessions, int) or max_sessions < 1:
-            raise LeaseError(f"max_sessions of {device!r} must be >= 1, got {max_sessions!r}")
-        ttl_ms = _ms("ttl", self.ttl if ttl is None else ttl)
-        since_ms = int(since * 1000) if since else 0
-        reply = self._run(self._acquire,
-                          [*lease_keys(device), held_key(holder), waiting_key(holder), DEVICES_KEY],
-                          device, holder, max_sessions, ttl_ms, task, worker, since_ms)
+        keys, args = self._acquire_input(device, holder, max_sessions, task=task,
+                                         worker=worker, ttl=ttl, since=since)
+        return self.acquire_answer(device, holder, self._run(self._acquire, keys, *args))
+
+    def queue_acquire(self, pipe: Any, device: str, holder: str, max_sessions: int, *,
+                      task: str = "", worker: str = "") -> None:
+        """Queue :meth:`acquire` as a bare ``EVALSHA`` on another client's ``pipe``
+        (same Redis), to save a round trip; read its reply with
+        :meth:`acquire_answer`. The reply is ``NoScriptError`` until this
+        process has run the script once on that Redis: then call ``acquire``.
+        """
+        keys, args = self._acquire_input(device, holder, max_sessions, task=task, worker=worker)
+        pipe.evalsha(self._acquire.sha, len(keys), *keys, *self._argv(*args))
+
+    def acquire_answer(self, device: str, holder: str, reply: Any) -> Grant | Wait:
+        """The :class:`Grant` or :class:`Wait` that an acquire's ``reply`` means."""
         if int(reply[0]) == 1:
             return Grant(device, holder, int(reply[1]) / 1000)
         first, now = float(_s(reply[2])), int(reply[3])
         return Wait(position=int(reply[1]), waiting_since=first / 1000,
                     holders=[_s(h) for h in reply[4]], device=device,
                     waited=max(0.0, (now - first) / 1000))
+
+    def _acquire_input(self, device: str, holder: str, max_sessions: int, *, task: str,
+                       worker: str, ttl: float | None = None,
+                       since: float | None = None) -> tuple[list[str], list[object]]:
+        _check("device", device)
+        _check("holder", holder)
+        if not isinstance(max_sessions, int) or max_sessions < 1:
+            raise LeaseError(f"max_sessions of {device!r} must be >= 1, got {max_sessions!r}")
+        ttl_ms = _ms("ttl", self.ttl if ttl is None else ttl)
+        since_ms = int(since * 1000) if since else 0
+        keys = [*lease_keys(device), held_key(holder), waiting_key(holder), DEVICES_KEY]
+        return keys, [device, holder, max_sessions, ttl_ms, task, worker, since_ms]
 
     def renew(self, device: str, holder: str, *, ttl: float | None = None) -> bool:
         """Extend the lease by ``ttl``; False if it was lost (expired or released)."""
@@ -336,8 +217,18 @@ class Leases:
 
     def release(self, device: str, holder: str) -> bool:
         """Give ``device`` back (and leave its line); False if not held any more."""
-        keys = [*lease_keys(device), held_key(holder), waiting_key(holder), DEVICES_KEY]
-        return int(self._run(self._release, keys, device, holder)) == 1
+        return int(self._run(self._release, self._release_keys(device, holder),
+                             device, holder)) == 1
+
+    def queue_release(self, pipe: Any, device: str, holder: str) -> None:
+        """Queue :meth:`release` as a bare ``EVALSHA`` on another client's
+        ``pipe`` (same Redis); a ``NoScriptError`` reply means: call ``release``."""
+        keys = self._release_keys(device, holder)
+        pipe.evalsha(self._release.sha, len(keys), *keys, *self._argv(device, holder))
+
+    @staticmethod
+    def _release_keys(device: str, holder: str) -> list[str]:
+        return [*lease_keys(device), held_key(holder), waiting_key(holder), DEVICES_KEY]
 
     def release_all(self, holder: str) -> list[str]:
         """Release everything ``holder`` holds and leave every line; the devices released."""

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from celery import Task
@@ -137,6 +137,19 @@ def _install_log_handler() -> None:
         root.setLevel(logging.INFO)
 
 
+class StartRider(Protocol):
+    """One command a task sends in its start record's round trip (see
+    ``LabqTask._start_rider``): ``queue`` puts it on the pipeline,
+    ``answered`` gets its reply (an exception if it failed), and ``undo``
+    takes it back when the task is not going to run after all."""
+
+    def queue(self, pipe: Any) -> None: ...
+
+    def answered(self, reply: Any) -> None: ...
+
+    def undo(self) -> None: ...
+
+
 class LabqTask(Task):  # type: ignore[misc]
     """Base of every task on a labq app (``task_cls``)."""
 
@@ -161,7 +174,7 @@ class LabqTask(Task):  # type: ignore[misc]
             # Armed from the start record on: a cancel's interrupt can arrive
             # as soon as the start is in Redis, before the task's own code.
             with armed():
-                self._record_start(client, run_id, task_id)
+                self._record_start(client, run_id, task_id, self._start_rider(args, kwargs))
                 _install_log_handler()
                 current.run_id, current.task_id, current.client = run_id, task_id, client
                 current.device = str(kwargs.get("device") or (args[0] if args else "") or "")
@@ -174,8 +187,26 @@ class LabqTask(Task):  # type: ignore[misc]
         finally:
             current.run_id = current.task_id = current.device = None
 
-    def _record_start(self, client: redis.Redis, run_id: str, task_id: str) -> None:
-        """Store STARTED and the start record; refuse a fenced, finished or cancelled task."""
+    def _start_rider(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> StartRider | None:
+        """A command to send with the start record; none here (DeviceTask takes its lease)."""
+        return None
+
+    def _record_start(self, client: redis.Redis, run_id: str, task_id: str,
+                      rider: StartRider | None = None) -> None:
+        """Store STARTED and the start record; refuse a fenced, finished or cancelled task.
+
+        ``rider``'s command goes last in the same round trip, and is undone
+        if the task is refused or the round trip fails.
+        """
+        try:
+            self._record_start_with(client, run_id, task_id, rider)
+        except BaseException:
+            if rider is not None:
+                rider.undo()
+            raise
+
+    def _record_start_with(self, client: redis.Redis, run_id: str, task_id: str,
+                           rider: StartRider | None) -> None:
         settings = self.app.labq_settings
         # Record the start, then check the cancel flag: a cancel sets the flag,
         # then reads the starts, so every task is either seen running (and
@@ -197,7 +228,11 @@ class LabqTask(Task):  # type: ignore[misc]
         pipe.expire(starts_key(run_id), RUN_TTL)
         pipe.exists(cancel_key(run_id))
         pipe.hexists(fenced_key(run_id), task_id)
+        if rider is not None:
+            rider.queue(pipe)
         replies = pipe.execute(raise_on_error=False)
+        if rider is not None:
+            rider.answered(replies.pop())
         if shared and isinstance(replies[0], redis.exceptions.NoScriptError):
             replies[0] = self.backend.store(started)  # Redis restarted: load it again
         for reply in replies:

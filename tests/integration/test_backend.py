@@ -14,7 +14,7 @@ from celery.backends.redis import RedisBackend
 
 import labq
 from labq.app import LabqCelery
-from labq.backend import LabqRedisBackend
+from labq.backend import LabqRedisBackend, Rider
 from labq.stack import Stack
 from labq.task_base import RUN_KWARG, SCRIPT_KWARG, done_key, log_key
 from tasks import diag
@@ -153,3 +153,38 @@ def test_a_redelivered_message_of_a_succeeded_task_does_not_run_it_again(
         client.close()
     assert len(sleeping) == 1, sleeping
     assert app.backend.get_task_meta(task_id)["date_done"] == first["date_done"]
+
+
+def test_a_rider_goes_with_the_stored_end_not_with_started(
+        lone_app: LabqCelery, redis_client: redis.Redis) -> None:
+    backend = lone_app.backend
+    sent: list[str] = []
+    rider = Rider("ride-1", queue=lambda pipe: pipe.set("ride-1:rode", "yes"),
+                  fallback=lambda: sent.append("fallback"))
+    backend.add_rider(rider)
+    ctx = request(lone_app, "ride-1", None)
+    backend.store_result("ride-1", {"pid": 1}, states.STARTED, request=ctx)
+    assert redis_client.get("ride-1:rode") is None
+    backend.store_result("ride-1", 7, states.SUCCESS, request=ctx)
+    assert redis_client.get("ride-1:rode") == b"yes"
+    assert backend.get_task_meta("ride-1")["result"] == 7
+    backend.process_cleanup()
+    assert sent == []  # it rode: the fallback never runs
+
+
+def test_a_rider_that_fails_or_never_rides_runs_its_fallback_once(
+        lone_app: LabqCelery, redis_client: redis.Redis) -> None:
+    backend = lone_app.backend
+    sent: list[str] = []
+    # Its command fails (a script Redis does not have, as after a restart):
+    backend.add_rider(Rider("ride-2", queue=lambda pipe: pipe.evalsha("0" * 40, 0),
+                            fallback=lambda: sent.append("ride-2")))
+    backend.store_result("ride-2", 1, states.SUCCESS, request=request(lone_app, "ride-2", None))
+    assert sent == ["ride-2"]
+    assert backend.get_task_meta("ride-2")["status"] == "SUCCESS"
+    # No end is stored (an Ignore): the tracer's cleanup runs it.
+    backend.add_rider(Rider("ride-3", queue=lambda pipe: pipe.ping(),
+                            fallback=lambda: sent.append("ride-3")))
+    backend.process_cleanup()
+    backend.process_cleanup()
+    assert sent == ["ride-2", "ride-3"]

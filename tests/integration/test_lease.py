@@ -278,3 +278,28 @@ def test_sixteen_processes_never_exceed_max_sessions(
     peaks = {d: max(r["peak"].get(d, 0) for r in reports) for d in DEVICES}
     assert peaks == DEVICES  # max_sessions 2 really admitted two at once
     assert Leases(redis_client).snapshot() == []
+
+
+def test_acquire_and_release_ride_on_another_clients_pipeline(
+        redis_client: redis.Redis, redis_server: RedisServer) -> None:
+    leases = Leases(redis_client)
+    other = redis.Redis.from_url(redis_server.url)
+    redis_client.script_flush()
+    # A script this Redis does not have yet: the reply says so; acquire() loads it.
+    pipe = other.pipeline(transaction=False)
+    leases.queue_acquire(pipe, "r7", "a", 1, task="execute", worker="w1")
+    (reply,) = pipe.execute(raise_on_error=False)
+    assert isinstance(reply, redis.exceptions.NoScriptError)
+    grant(leases.acquire("r7", "a", 1))
+    pipe = other.pipeline(transaction=False)
+    pipe.ping()
+    leases.queue_acquire(pipe, "r7", "b", 1)
+    _, reply = pipe.execute()
+    w = wait(leases.acquire_answer("r7", "b", reply))
+    assert (w.position, w.holders) == (1, ["a"])
+    leases.release("r7", "b")  # leaves the line; loads the release script
+    pipe = other.pipeline(transaction=False)
+    leases.queue_release(pipe, "r7", "a")
+    assert pipe.execute() == [1]
+    assert leases.holders("r7") == [] and leases.waiters("r7") == []
+    other.close()

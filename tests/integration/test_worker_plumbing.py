@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import redis
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from kombu.connection import Connection
 
 import labq
@@ -18,7 +18,9 @@ from labq.app import LabqCelery
 from labq.consumer import EVENT_FLUSH_INTERVAL, LabqConsumer
 from labq.errors import TaskCancelled
 from labq.redis_server import RedisServer
-from labq.task_base import RUN_KWARG, LabqTask, cancel_key
+from labq.lease import Leases
+from labq.task_base import RUN_KWARG, LabqTask, cancel_key, fenced_key
+from labq.testbed import load_testbed
 from labq.transport import TRANSPORT, Channel
 
 
@@ -118,3 +120,31 @@ def test_an_interrupt_while_the_start_is_recorded_ends_the_task_by_its_cause(
             task(value=1, **{RUN_KWARG: "r-start"})
     finally:
         task.pop_request()
+
+
+@pytest.mark.parametrize("refusal", ["cancelled", "fenced"])
+def test_a_device_task_refused_at_its_start_gives_back_the_lease_it_asked_for(
+        lone_app: LabqCelery, redis_client: redis.Redis, refusal: str) -> None:
+    # A first try asks for its lease in its start record's round trip; a task
+    # that must not run (run cancelled, task fenced) has to give it back.
+    import tasks.device
+
+    task = lone_app.tasks[tasks.device.execute.name]
+    device = next(iter(load_testbed(lone_app.labq_settings.testbed).devices))
+    if refusal == "cancelled":
+        redis_client.set(cancel_key("r-lease"), "1")
+    else:
+        redis_client.hset(fenced_key("r-lease"), "t-lease", "1")
+    leases = Leases(redis_client)
+    leases.acquire(device, "warm-up", 1)  # loads the script, so the ride is taken
+    leases.release(device, "warm-up")
+    task.push_request(id="t-lease", called_directly=False, hostname="w@h", retries=0,
+                      delivery_info={"redelivered": False})
+    try:
+        with pytest.raises(TaskCancelled if refusal == "cancelled" else Ignore):
+            task(device=device, command="show version", **{RUN_KWARG: "r-lease"})
+        rider = task.request.labq_lease_at_start
+    finally:
+        task.pop_request()
+    assert rider.answer is not None  # it did ask, in the start's round trip
+    assert leases.holders(device) == [] and leases.waiters(device) == []
