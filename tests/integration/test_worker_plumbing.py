@@ -17,8 +17,8 @@ import tasks.diag  # noqa: F401  (registers tasks.diag.echo on every app)
 from labq.app import LabqCelery
 from labq.consumer import EVENT_FLUSH_INTERVAL, LabqConsumer
 from labq.errors import TaskCancelled
-from labq.redis_server import RedisServer
 from labq.lease import Leases
+from labq.redis_server import RedisServer
 from labq.task_base import RUN_KWARG, LabqTask, cancel_key, fenced_key
 from labq.testbed import load_testbed
 from labq.transport import TRANSPORT, Channel
