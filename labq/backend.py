@@ -101,8 +101,9 @@ class LabqRedisBackend(RedisBackend):  # type: ignore[misc]
         self._rider: Rider | None = None
 
     def add_rider(self, rider: Rider) -> None:
-        """Send ``rider`` with its task's stored end (see :class:`Rider`)."""
-        if self._rider is not None:
+        """Send ``rider`` with its task's stored end (see :class:`Rider`); it
+        replaces the task's earlier rider, and runs a stale one of another task."""
+        if self._rider is not None and self._rider.task_id != rider.task_id:
             self._run_fallback()
         self._rider = rider
 

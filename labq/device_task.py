@@ -119,7 +119,7 @@ class DeviceTask(LabqTask):
     def _start_rider(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _LeaseAtStart | None:
         request = self.request
         # A retry or a redelivery may have waited before: _take_lease asks with its place.
-        if (not self.takes_lease or request.is_eager or request.retries
+        if (not self.takes_lease or not _rides_with_result(self) or request.retries
                 or (request.delivery_info or {}).get("redelivered")):
             return None
         try:
@@ -127,39 +127,46 @@ class DeviceTask(LabqTask):
             dev = ctx.device(kwargs["device"] if "device" in kwargs else args[0])
         except Exception:
             return None  # the task's own run reports it
-        rider = _LeaseAtStart(ctx.leases, dev.name, request.id, dev.max_sessions,
-                              self.name, request.hostname or "")
+        rider = _LeaseAtStart(self, ctx.leases, dev.name, dev.max_sessions)
         request.labq_lease_at_start = rider
         return rider
 
 
 @dataclass
 class _LeaseAtStart:
-    """A first try's lease request, sent with its start record."""
+    """A first try's lease request, sent with its start record.
 
+    A grant is released with the task's stored end from the moment it is
+    known, so no exit path (an interrupt before the body, a refused start)
+    can leave it held until its TTL.
+    """
+
+    task: DeviceTask
     leases: Leases
     device: str
-    holder: str
     max_sessions: int
-    task: str
-    worker: str
     #: The answer; None if the request failed (then _take_lease asks again).
     answer: Grant | Wait | None = None
 
     def queue(self, pipe: Any) -> None:
-        self.leases.queue_acquire(pipe, self.device, self.holder, self.max_sessions,
-                                  task=self.task, worker=self.worker)
+        self.leases.queue_acquire(pipe, self.device, self.task.request.id, self.max_sessions,
+                                  task=self.task.name, worker=self.task.request.hostname or "")
 
     def answered(self, reply: Any) -> None:
-        if not isinstance(reply, Exception):  # NOSCRIPT: this process's first acquire
-            self.answer = self.leases.acquire_answer(self.device, self.holder, reply)
+        if isinstance(reply, Exception):  # NOSCRIPT: this process's first acquire
+            return
+        self.answer = self.leases.acquire_answer(self.device, self.task.request.id, reply)
+        if isinstance(self.answer, Grant):
+            _release(self.task, self.leases, self.device)
 
     def undo(self) -> None:
-        try:
-            self.leases.release(self.device, self.holder)
+        if isinstance(self.answer, Grant):
+            return  # released with the task's end (see answered)
+        try:  # in line, or unknown (the round trip failed): leave either way
+            self.leases.release(self.device, self.task.request.id)
         except Exception:
             log.exception("could not give back the lease on %s of task %s; it expires by TTL",
-                          self.device, self.holder)
+                          self.device, self.task.request.id)
 
 
 def device_task(
@@ -226,12 +233,18 @@ def _run_on_device(task: DeviceTask, func: Callable[..., Any], device: str,
         _release(task, ctx.leases, dev.name)
 
 
-def _release(task: DeviceTask, leases: Leases, device: str) -> None:
-    """Release the lease with the task's stored result, else at once."""
-    holder = task.request.id
+def _rides_with_result(task: DeviceTask) -> bool:
+    """Whether lease commands can ride on this task's result store: labq's
+    backend, on the lease's Redis, in a worker (an eager call stores nothing)."""
     settings = task.app.labq_settings
-    if (task.request.is_eager or not isinstance(task.backend, LabqRedisBackend)
-            or settings.backend_url != settings.broker_url):
+    return (not task.request.is_eager and isinstance(task.backend, LabqRedisBackend)
+            and settings.backend_url == settings.broker_url)
+
+
+def _release(task: DeviceTask, leases: Leases, device: str) -> None:
+    """Release the lease with the task's stored end, else at once."""
+    holder = task.request.id
+    if not _rides_with_result(task):
         leases.release(device, holder)
         return
     task.backend.add_rider(Rider(

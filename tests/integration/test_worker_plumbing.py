@@ -122,29 +122,46 @@ def test_an_interrupt_while_the_start_is_recorded_ends_the_task_by_its_cause(
         task.pop_request()
 
 
-@pytest.mark.parametrize("refusal", ["cancelled", "fenced"])
-def test_a_device_task_refused_at_its_start_gives_back_the_lease_it_asked_for(
-        lone_app: LabqCelery, redis_client: redis.Redis, refusal: str) -> None:
-    # A first try asks for its lease in its start record's round trip; a task
-    # that must not run (run cancelled, task fenced) has to give it back.
+@pytest.mark.parametrize("end", ["cancelled", "fenced", "interrupted"])
+def test_a_lease_taken_at_the_start_is_freed_however_the_task_ends_before_its_body(
+        lone_app: LabqCelery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+        end: str) -> None:
+    # A first try asks for its lease in its start record's round trip. A task
+    # refused there (run cancelled, task fenced), or interrupted before its
+    # body, must not keep the lease until its TTL: the release rides with the
+    # stored end, or runs in the tracer's cleanup when nothing is stored.
+    import labq.task_base
     import tasks.device
 
     task = lone_app.tasks[tasks.device.execute.name]
+    backend = lone_app.backend
     device = next(iter(load_testbed(lone_app.labq_settings.testbed).devices))
-    if refusal == "cancelled":
+    if end == "cancelled":
         redis_client.set(cancel_key("r-lease"), "1")
-    else:
+    elif end == "fenced":
         redis_client.hset(fenced_key("r-lease"), "t-lease", "1")
+    else:
+        def interrupted() -> None:
+            raise SoftTimeLimitExceeded()
+        monkeypatch.setattr(labq.task_base, "_install_log_handler", interrupted)
     leases = Leases(redis_client)
     leases.acquire(device, "warm-up", 1)  # loads the script, so the ride is taken
     leases.release(device, "warm-up")
     task.push_request(id="t-lease", called_directly=False, hostname="w@h", retries=0,
-                      delivery_info={"redelivered": False})
+                      delivery_info={"redelivered": False}, kwargs={RUN_KWARG: "r-lease"})
+    expected = {"cancelled": TaskCancelled, "fenced": Ignore,
+                "interrupted": SoftTimeLimitExceeded}[end]
     try:
-        with pytest.raises(TaskCancelled if refusal == "cancelled" else Ignore):
+        with pytest.raises(expected) as raised:
             task(device=device, command="show version", **{RUN_KWARG: "r-lease"})
         rider = task.request.labq_lease_at_start
+        assert rider.answer is not None  # it did ask, in the start's round trip
+        assert [h.holder for h in leases.holders(device)] == ["t-lease"]
+        # What Celery's tracer does next: store the end (not for an Ignore), clean up.
+        if end != "fenced":
+            backend.mark_as_failure("t-lease", raised.value, request=task.request)
+            assert leases.holders(device) == []  # released with the stored end
+        backend.process_cleanup()
     finally:
         task.pop_request()
-    assert rider.answer is not None  # it did ask, in the start's round trip
     assert leases.holders(device) == [] and leases.waiters(device) == []
