@@ -347,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stack up in {stack_start:.1f} s; warming up every side", flush=True)
         warm = {side: runners[side]()["makespan"] for side in sides}
         print("warm-up: " + ", ".join(f"{k} {v:.2f} s" for k, v in warm.items()), flush=True)
-        rounds = []
+        rounds: list[dict[str, Any]] = []
         for i in range(args.rounds):
             measured_sides = {side: measured(runners[side], lab.stack, lab.sim) for side in sides}
             for res in measured_sides.values():

@@ -95,7 +95,23 @@ def fanout_block(name: str, command: str) -> str:
         lines += ["", "CPU seconds per measured run (mean): "
                   + "; ".join(f"{s}: " + ", ".join(f"{k} {v[k]:.1f}" for k in keys if k in v)
                               for s, v in cpu.items()) + "."]
+        lines += _cpu_budget(cpu)
     return "\n".join(lines)
+
+
+def _cpu_budget(cpu: dict[str, dict[str, float]]) -> list[str]:
+    """labq's CPU against the pool's, and how much of it the queue itself
+    (worker main processes and Redis) takes: at latency 0 the makespan follows it."""
+    if "labq" not in cpu or "pool" not in cpu:
+        return []
+    total = {s: sum(v for k, v in c.items() if k != "steal") for s, c in cpu.items()}
+    queue = cpu["labq"].get("worker_main", 0.0) + cpu["labq"].get("redis", 0.0)
+    if not total["pool"]:
+        return []
+    return ["", f"All CPU: labq {total['labq']:.2f} s, pool {total['pool']:.2f} s "
+                f"(labq / pool {total['labq'] / total['pool']:.3f}). labq's worker main "
+                f"processes and Redis alone: {queue:.2f} s, "
+                f"{100 * queue / total['pool']:.1f} % of the pool side's CPU."]
 
 
 def _mean_cpu(d: dict[str, Any], sides: Sequence[str]) -> dict[str, dict[str, float]]:
