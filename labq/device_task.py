@@ -14,6 +14,10 @@ The task is called with ``device="r1"``. On the worker it then:
 A hard kill skips step 6 in the child; :class:`DeviceRequest` runs in the
 worker's main process and releases the lease at once.
 
+Called directly, as a plain function (``execute(device="r1", command=...)``),
+the task takes the same steps in the calling process, under a one-off lease
+holder name, and waits for a busy device in place.
+
 Two of the lease's round trips ride on others the task makes anyway: a first
 try asks for its lease in its start record's round trip
 (:class:`_LeaseAtStart`), and the release goes with the stored result
@@ -25,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +65,7 @@ POLL = 0.05
 @dataclass
 class _WorkerContext:
     pid: int
+    broker_url: str
     testbed: Testbed | None
     testbed_key: tuple[str, float]
     leases: Leases
@@ -73,13 +79,17 @@ _context: _WorkerContext | None = None
 
 
 def worker_context(app: Any) -> _WorkerContext:
-    """Per-process testbed and lease client, rebuilt after a fork or a testbed edit."""
+    """Per-process testbed and lease client, rebuilt after a fork, for another
+    broker (an app of another lab in the same process) or after a testbed edit."""
     global _context
-    path = Path(app.labq_settings.testbed)
+    settings = app.labq_settings
+    path = Path(settings.testbed)
     key = (str(path), path.stat().st_mtime if path.exists() else 0.0)
-    if _context is None or _context.pid != os.getpid():
-        client = connect(app.labq_settings.broker_url, app.labq_settings)
-        _context = _WorkerContext(os.getpid(), None, ("", 0.0), Leases(client))
+    if (_context is None or _context.pid != os.getpid()
+            or _context.broker_url != settings.broker_url):
+        client = connect(settings.broker_url, settings)
+        _context = _WorkerContext(os.getpid(), settings.broker_url, None, ("", 0.0),
+                                  Leases(client))
     if _context.testbed is None or _context.testbed_key != key:
         _context.testbed = load_testbed(path)
         _context.testbed_key = key
@@ -157,7 +167,7 @@ class _LeaseAtStart:
             return
         self.answer = self.leases.acquire_answer(self.device, self.task.request.id, reply)
         if isinstance(self.answer, Grant):
-            _release(self.task, self.leases, self.device)
+            _release(self.task, self.leases, self.device, self.task.request.id)
 
     def undo(self) -> None:
         if isinstance(self.answer, Grant):
@@ -216,7 +226,9 @@ def _run_on_device(task: DeviceTask, func: Callable[..., Any], device: str,
                    kwargs: dict[str, Any]) -> Any:
     ctx = worker_context(task.app)
     dev = ctx.device(device)
-    grant = _take_lease(task, ctx.leases, dev.name, dev.max_sessions)
+    # Called as a plain function, the task runs here, under a one-off holder name.
+    holder = task.request.id or f"direct-{uuid.uuid4().hex}"
+    grant = _take_lease(task, ctx.leases, dev.name, dev.max_sessions, holder)
     try:
         with Renewer(ctx.leases, grant):
             session = open_session(dev, task.connect_timeout)
@@ -230,20 +242,22 @@ def _run_on_device(task: DeviceTask, func: Callable[..., Any], device: str,
             finally:
                 session.close()
     finally:
-        _release(task, ctx.leases, dev.name)
+        _release(task, ctx.leases, dev.name, holder)
 
 
 def _rides_with_result(task: DeviceTask) -> bool:
     """Whether lease commands can ride on this task's result store: labq's
-    backend, on the lease's Redis, in a worker (an eager call stores nothing)."""
+    backend, on the lease's Redis, in a worker (an eager or a direct call
+    stores nothing)."""
     settings = task.app.labq_settings
-    return (not task.request.is_eager and isinstance(task.backend, LabqRedisBackend)
+    request = task.request
+    return (not request.is_eager and not request.called_directly
+            and isinstance(task.backend, LabqRedisBackend)
             and settings.backend_url == settings.broker_url)
 
 
-def _release(task: DeviceTask, leases: Leases, device: str) -> None:
+def _release(task: DeviceTask, leases: Leases, device: str, holder: str) -> None:
     """Release the lease with the task's stored end, else at once."""
-    holder = task.request.id
     if not _rides_with_result(task):
         leases.release(device, holder)
         return
@@ -254,14 +268,15 @@ def _release(task: DeviceTask, leases: Leases, device: str) -> None:
     ))
 
 
-def _take_lease(task: DeviceTask, leases: Leases, device: str, max_sessions: int) -> Grant:
+def _take_lease(task: DeviceTask, leases: Leases, device: str, max_sessions: int,
+                holder: str) -> Grant:
     """The device's lease, or a retry that frees the slot while keeping the place in line.
 
     Waiters near the head of the line (within ``max_sessions`` of a turn)
     wait in their slot, polling, so a freed device is taken within
-    ``POLL`` seconds; the rest give their slot back at once.
+    ``POLL`` seconds; the rest give their slot back at once. A direct call
+    has no slot to give back: it waits in place.
     """
-    holder = task.request.id
     since_key = f"labq:waitsince:{holder}"
     # Only a retry or a redelivery can have waited before: a first try skips the read.
     request = task.request
@@ -289,7 +304,7 @@ def _take_lease(task: DeviceTask, leases: Leases, device: str, max_sessions: int
             since = answer.waiting_since
             leases.client.set(since_key, repr(since), ex=int(task.lease_timeout) + 60)
         near_head = answer.position <= max_sessions
-        if not near_head and time.monotonic() > slot_deadline:
+        if not near_head and time.monotonic() > slot_deadline and not request.called_directly:
             # Far back in line: come back about when the turn may be near,
             # instead of churning the broker and the CPU with early retries.
             behind = answer.position - max_sessions

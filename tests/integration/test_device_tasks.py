@@ -225,3 +225,15 @@ def test_a_unicon_session_stuck_in_a_long_command_is_destroyed(app: LabqCelery,
     ssh = [p for p in psutil.process_iter(["name", "cmdline"])
            if p.info["name"] == "ssh" and str(port) in " ".join(p.info["cmdline"] or [])]
     assert ssh == []
+
+
+def test_a_device_task_called_directly_releases_its_lease_at_once(app: LabqCelery,
+                                                                   stack: Stack) -> None:
+    # Called as a plain function (no worker, no stored result), the task
+    # must give its lease back itself: nothing else would before the TTL.
+    from labq.lease import Leases
+
+    leases = Leases(redis.Redis.from_url(stack.settings.broker_url))
+    out = app.tasks[device.execute.name](device="f40", command="show version")
+    assert "f40 uptime" in out
+    assert leases.holders("f40") == []
