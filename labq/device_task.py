@@ -40,7 +40,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from labq.backend import LabqRedisBackend, Rider
 from labq.drivers import open_session
-from labq.errors import SoftTimeout, TimeLimitError
+from labq.errors import ConfigError, SoftTimeout, TimeLimitError
 from labq.killing import KillingRequest
 from labq.lease import Grant, Leases, Renewer, Wait
 from labq.redis_client import connect
@@ -82,7 +82,10 @@ def worker_context(app: Any) -> _WorkerContext:
     """Per-process testbed and lease client, rebuilt after a fork, for another
     broker (an app of another lab in the same process) or after a testbed edit."""
     global _context
-    settings = app.labq_settings
+    settings = getattr(app, "labq_settings", None)
+    if settings is None:
+        raise ConfigError("app", app, "device tasks run only on a labq app (labq.create_app()); "
+                          "to call one as a plain function, make it current: app.set_current()")
     path = Path(settings.testbed)
     key = (str(path), path.stat().st_mtime if path.exists() else 0.0)
     if (_context is None or _context.pid != os.getpid()

@@ -230,10 +230,21 @@ def test_a_unicon_session_stuck_in_a_long_command_is_destroyed(app: LabqCelery,
 def test_a_device_task_called_directly_releases_its_lease_at_once(app: LabqCelery,
                                                                    stack: Stack) -> None:
     # Called as a plain function (no worker, no stored result), the task
-    # must give its lease back itself: nothing else would before the TTL.
+    # runs here and must give its lease back itself: nothing else would
+    # before the TTL. labq sets no app as current; the caller does.
+    from celery import _state
+
+    from labq.errors import ConfigError
     from labq.lease import Leases
 
-    leases = Leases(redis.Redis.from_url(stack.settings.broker_url))
-    out = app.tasks[device.execute.name](device="f40", command="show version")
+    with pytest.raises(ConfigError, match=r"app\.set_current\(\)"):
+        device.execute(device="f40", command="show version")  # Celery's default app
+    previous = _state.get_current_app()
+    app.set_current()
+    try:
+        out = device.execute(device="f40", command="show version")
+    finally:
+        previous.set_current()
     assert "f40 uptime" in out
+    leases = Leases(redis.Redis.from_url(stack.settings.broker_url))
     assert leases.holders("f40") == []
