@@ -14,9 +14,10 @@ The task is called with ``device="r1"``. On the worker it then:
 A hard kill skips step 6 in the child; :class:`DeviceRequest` runs in the
 worker's main process and releases the lease at once.
 
-Called directly, as a plain function (``execute(device="r1", command=...)``),
-the task takes the same steps in the calling process, under a one-off lease
-holder name, and waits for a busy device in place.
+Called directly, as a plain function on a labq app made current
+(``app.set_current()``, then ``execute(device="r1", command=...)``), the task
+takes the same steps in the calling process, under a one-off lease holder
+name, and waits for a busy device in place.
 
 Two of the lease's round trips ride on others the task makes anyway: a first
 try asks for its lease in its start record's round trip
