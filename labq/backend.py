@@ -116,10 +116,7 @@ class LabqRedisBackend(RedisBackend):  # type: ignore[misc]
     def _run_fallback(self) -> None:
         rider, self._rider = self._rider, None
         if rider is not None:
-            try:
-                rider.fallback()
-            except Exception:
-                log.exception("the end-of-task commands of task %s failed", rider.task_id)
+            _fall_back(rider)
 
     def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
                       request: Any = None, **kwargs: Any) -> Any:
@@ -173,11 +170,9 @@ class LabqRedisBackend(RedisBackend):  # type: ignore[misc]
         return self._store_script
 
     def _store(self, *args: Any) -> Any:
-        task_id, state = args[3], args[4]
         rider = self._rider
-        if rider is None or rider.task_id != task_id or state == states.STARTED:
-            keys, argv = _script_input(*args)
-            return self._script()(keys=keys, args=argv)
+        if rider is None or rider.task_id != args[3] or args[4] == states.STARTED:
+            return self._store_alone(args)
         pipe = self.client.pipeline(transaction=False)
         rider.queue(pipe)
         self.store(args, pipe)
@@ -185,14 +180,24 @@ class LabqRedisBackend(RedisBackend):  # type: ignore[misc]
         ridden, stored = pipe.execute(raise_on_error=False)
         self._rider = None
         if isinstance(ridden, Exception):
-            self._rider = rider
-            self._run_fallback()
+            _fall_back(rider)
         if isinstance(stored, redis.exceptions.NoScriptError):
-            keys, argv = _script_input(*args)
-            return self._script()(keys=keys, args=argv)  # loads it again
+            return self._store_alone(args)  # loads the script again
         if isinstance(stored, Exception):
             raise stored
         return stored
+
+    def _store_alone(self, args: tuple[Any, ...]) -> Any:
+        keys, argv = _script_input(*args)
+        return self._script()(keys=keys, args=argv)
+
+
+def _fall_back(rider: Rider) -> None:
+    """Run ``rider``'s own path; a failure is logged (the lease expires by TTL)."""
+    try:
+        rider.fallback()
+    except Exception:
+        log.exception("the end-of-task commands of task %s failed", rider.task_id)
 
 
 def _script_input(key: str, value: Any, expires: float, task_id: str, state: str,
