@@ -134,10 +134,10 @@ class BenchLab:
 
         import labq
         from labq.app import create_app
-        from labq.sim.process import SimProcess
-        from labq.sim.testbeds import device_entry, make_testbed, write_testbed
-        from labq.stack import Stack, WorkerSpec
-        from labq.testbed import load_testbed
+        from labq.devices.testbed_yaml import load_testbed
+        from labq.embedded.sim.process import SimProcess
+        from labq.embedded.sim.testbeds import device_entry, make_testbed, write_testbed
+        from labq.embedded.stack import Stack, WorkerSpec
 
         self._exit = ExitStack()
         try:
@@ -171,7 +171,7 @@ class BenchLab:
     def _set_loglevel(self) -> None:
         # INFO (as ``labq up``) logs two lines per task in the main process;
         # a benchmark may ask for WARNING to see what they cost.
-        import labq.stack as stack_module
+        import labq.embedded.stack as stack_module
 
         original = stack_module.worker_argv
         level = self.loglevel

@@ -78,7 +78,7 @@ def _renice() -> None:
 
 def local_task(name: str) -> tuple[str, float, float, int]:
     """connect + ``show version`` + close on ``name``: (device, start, end, pid)."""
-    from labq.drivers import open_session
+    from labq.devices.drivers import open_session
 
     _renice()
     start = time.time()
@@ -249,7 +249,7 @@ def measured(fn: Any, stack: Any, sim: Any) -> dict[str, Any]:
 
 
 def serial_task_time(testbed: Any, device: str, samples: int) -> list[float]:
-    from labq.drivers import open_session
+    from labq.devices.drivers import open_session
 
     times = []
     for i in range(samples + 1):  # the first one imports and warms up: dropped
@@ -415,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _change_wait() -> float:
-    from labq import run
+    from labq.client import run
 
     return float(run.CHANGE_WAIT)
 

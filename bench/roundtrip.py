@@ -2,7 +2,7 @@
 
 A. labq: one ``Run`` for all trials; each trial is ``run.submit(echo)`` then
    ``run.wait()`` (the wait blocks on the run's done stream, see
-   ``labq.streams.RunStreams.wait``).
+   ``labq.client.streams.RunStreams.wait``).
 B. raw Celery: ``echo.delay(i).get()`` (the result backend's pubsub).
 
 Same workers, trials alternated in blocks of 10 (A B A B ...). Each trial is

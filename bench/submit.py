@@ -1,7 +1,7 @@
 """Submit rate: N no-op tasks published by the client, nothing consuming them.
 
 A. ``Run.submit`` in a loop (one ``send_task`` per task);
-B. ``Run.submit_many`` (``labq/publish.py``: validated first, then Redis
+B. ``Run.submit_many`` (``labq/client/publish.py``: validated first, then Redis
    pipelines of 500 messages, payloads built as kombu's producer builds them), with the
    ``task-sent`` events labq's settings ask for;
 B'. the same with ``sent_events=False``;

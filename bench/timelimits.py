@@ -25,7 +25,7 @@ per phase, one task at a time, measures:
    kernel's teardown of its memory and files until it is a zombie.
 3. **Lease free after the kill** (``tasks.diag.hold_device`` on a
    simulated device, soft limit ignored): polls
-   ``labq.lease.Leases.holders(device)`` and the prefork child's PID in the
+   ``labq.devices.lease.Leases.holders(device)`` and the prefork child's PID in the
    same ~1 ms loop; reports ``t_lease_free - t_child_dead``. The main
    process frees the lease right after it sends SIGKILL, while the kernel
    still tears the child down, so this is often negative: freed before the
@@ -240,8 +240,8 @@ class StartedEvents(threading.Thread):
 class Bench:
     run: Any  # labq.Run
     events: StartedEvents
-    leases: Any  # labq.lease.Leases
-    sim: Any  # labq.sim.process.SimProcess
+    leases: Any  # labq.devices.lease.Leases
+    sim: Any  # labq.embedded.sim.process.SimProcess
     tmp: Path
     #: (due, phase, trial, processes): orphan checks not made yet
     pending: list[tuple[float, str, int, list[Tracked]]] = field(default_factory=list)
@@ -252,7 +252,7 @@ class Bench:
 
     def started(self, task_id: str, timeout: float = TRIAL_TIMEOUT) -> dict[str, Any]:
         """The start record labq's task base writes just before the body runs."""
-        from labq.task_base import starts_key
+        from labq.keys import starts_key
 
         deadline = time.monotonic() + timeout
         while True:
@@ -556,9 +556,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import labq
     from labq.app import create_app
-    from labq.lease import Leases
-    from labq.sim.testbeds import make_testbed
-    from labq.stack import Stack, WorkerSpec
+    from labq.devices.lease import Leases
+    from labq.embedded.sim.testbeds import make_testbed
+    from labq.embedded.stack import Stack, WorkerSpec
 
     started = time.perf_counter()
     python = getattr(sys, "orig_argv", [sys.executable])[0]

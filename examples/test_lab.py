@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 import labq
-from labq.testbed import load_testbed
+from labq.devices.testbed_yaml import load_testbed
 from tasks import device
 
 SEGMENT = os.environ.get("LABQ_EXAMPLE_QUEUE", "lab-a")

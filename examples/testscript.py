@@ -11,8 +11,8 @@ import sys
 from rich.console import Console
 
 import labq
-from labq.report import outcome_table
-from labq.testbed import load_testbed
+from labq.client.report import outcome_table
+from labq.devices.testbed_yaml import load_testbed
 from tasks import device, diag
 
 

@@ -1,19 +1,28 @@
-"""labq: a distributed device-task queue for test automation labs.
+"""labq, a distributed device-task queue for test automation labs.
 
-The public API is what ``__all__`` lists; everything else may change.
+The public API is what ``__all__`` lists; everything else may change. The
+package's layers, and the life of a task through them, are drawn in
+``docs/architecture.md``.
 """
 
-
 from labq.app import create_app
-from labq.device_task import device_task
+from labq.client.pcall import pcall
+from labq.client.run import Run
 from labq.errors import (
     AuthenticationFailed,
     BrokerUnavailable,
     ConfigError,
     DeviceBusy,
+    DeviceError,
     DeviceUnreachable,
+    DriverError,
     LabqError,
+    LeaseError,
+    PartialSubmit,
+    RunError,
     RunTimeout,
+    SimLabError,
+    SoftTimeout,
     StackError,
     SubmitError,
     TaskCancelled,
@@ -23,31 +32,42 @@ from labq.errors import (
     UnknownDevice,
 )
 from labq.outcome import Outcome, RemoteError, Status
-from labq.pcall import pcall
-from labq.run import Run
 from labq.settings import Settings
+from labq.worker.device_task import device_task
 
 __all__ = [
-    "AuthenticationFailed",
-    "BrokerUnavailable",
-    "ConfigError",
-    "DeviceBusy",
-    "DeviceUnreachable",
-    "LabqError",
+    # Running tasks from a testscript
+    "Run",
+    "pcall",
+    # What comes back
     "Outcome",
     "RemoteError",
-    "Run",
-    "RunTimeout",
-    "Settings",
-    "StackError",
     "Status",
-    "SubmitError",
-    "TaskCancelled",
-    "TaskFailed",
-    "TestbedError",
-    "TimeLimitError",
-    "UnknownDevice",
-    "create_app",
+    # Writing device tasks
     "device_task",
-    "pcall",
+    # Configuration and the Celery app
+    "Settings",
+    "create_app",
+    # Errors: the root, then by concern (the tree is drawn in labq.errors)
+    "LabqError",
+    "ConfigError",
+    "TimeLimitError",
+    "TestbedError",
+    "BrokerUnavailable",
+    "StackError",
+    "SimLabError",
+    "SubmitError",
+    "PartialSubmit",
+    "RunError",
+    "TaskFailed",
+    "RunTimeout",
+    "TaskCancelled",
+    "SoftTimeout",
+    "DeviceError",
+    "DeviceUnreachable",
+    "AuthenticationFailed",
+    "DeviceBusy",
+    "UnknownDevice",
+    "DriverError",
+    "LeaseError",
 ]

@@ -10,148 +10,20 @@ from __future__ import annotations
 import logging
 import pkgutil
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
-from celery.apps.worker import Worker as CeleryWorker
 
-from labq.errors import ConfigError
+from labq.devices.routing import DeviceRouter
 from labq.redis_client import tls_options, uses_tls
-from labq.routing import DeviceRouter
 from labq.settings import Settings
-from labq.transport import TRANSPORT
+
+if TYPE_CHECKING:
+    from celery.apps.worker import Worker as CeleryWorker
 
 log = logging.getLogger(__name__)
 
 TASK_PACKAGE = "tasks"
-# Pools that honour soft and hard time limits; threads, solo, gevent and
-# eventlet cannot interrupt or kill a running task.
-ALLOWED_POOLS = frozenset({"prefork", "celery.concurrency.prefork:TaskPool"})
-
-
-def quiet_paramiko(loglevel: int | str | None) -> None:
-    """paramiko logs every connection and login at INFO: two lines per device
-    task in the worker's log, which labq's own errors already cover. A worker
-    at DEBUG keeps them, and so does a level set on ``paramiko`` explicitly."""
-    from celery.utils.log import mlevel
-
-    logger = logging.getLogger("paramiko")
-    if logger.level == logging.NOTSET and mlevel(loglevel or logging.WARNING) > logging.DEBUG:
-        logger.setLevel(logging.WARNING)
-
-
-class PreforkOnlyWorker(CeleryWorker):  # type: ignore[misc]
-    """A worker that refuses every pool but prefork."""
-
-    def on_after_init(self, **kwargs: Any) -> None:
-        check_pool(self.pool_cls)
-        super().on_after_init(**kwargs)
-        if self.app.conf.broker_url.startswith(("redis://", "rediss://")):
-            # kombu's Redis transport reusing its clients (labq.transport); in
-            # the worker only: clients such as Flower derive URLs from it.
-            self.app.conf.broker_transport = TRANSPORT
-        preload_for_fork()
-        # labq.killing: children lead their own process group and may fork.
-        from labq.killing import install
-
-        install(child_nice=self.app.labq_settings.child_nice)
-        quiet_paramiko(self.loglevel)
-
-    def on_init_blueprint(self) -> None:
-        super().on_init_blueprint()
-        # Celery's Hub step builds the event loop the broker connection asks for.
-        from labq.hub import LabqHub
-
-        self._conninfo.requires_hub = LabqHub
-
-    def _shutdown(self, warm: bool = True) -> None:
-        # Children lead their own process groups, so the pool's own shutdown
-        # reaches them but not what their tasks started: sweep those after.
-        from labq.killing import pool_children, sweep_after_shutdown
-
-        before = pool_children()
-        try:
-            super()._shutdown(warm=warm)
-        finally:
-            sweep_after_shutdown(before)
-            # Last: a warm shutdown's running tasks were still this worker's.
-            heartbeat = getattr(self, "_labq_heartbeat", None)
-            if heartbeat is not None:
-                heartbeat.stop(remove=True)
-
-    def on_consumer_ready(self, consumer: Any) -> None:
-        super().on_consumer_ready(consumer)
-        if getattr(self, "_labq_heartbeat", None) is None:
-            from labq.liveness import Heartbeat
-
-            settings: Settings = self.app.labq_settings
-            self._labq_heartbeat = Heartbeat(
-                settings.broker_url, self.hostname, settings.worker_ttl,
-                info=self._labq_beat_info, fence=_fence_running_tasks,
-                settings=settings).start()
-
-    def _labq_beat_info(self) -> dict[str, Any]:
-        from celery.worker import state
-
-        queues = sorted(self.app.amqp.queues.consume_from or self.app.amqp.queues)
-        pool = getattr(self, "pool", None)
-        size = getattr(pool, "num_processes", None) or self.concurrency
-        return {"queues": queues, "concurrency": size, "busy": len(state.active_requests)}
-
-
-def _fence_running_tasks() -> int:
-    """Kill every running task with its process tree; returns how many."""
-    from celery.worker import state
-
-    requests = list(state.active_requests)
-    for request in requests:
-        kill = getattr(request, "_kill_tree", None)
-        if kill is not None:
-            kill("no heartbeat reached Redis")
-    return len(requests)
-
-
-#: Imported in the worker's main process, so each forked child shares them
-#: instead of importing (and paying for) them on its first task.
-PRELOAD = ("netmiko", "paramiko", "labq.device_task", "labq.drivers.netmiko")
-
-
-def preload_for_fork() -> None:
-    """Import what tasks use and freeze the heap before the pool forks.
-
-    ``gc.freeze()`` moves the objects made so far out of the collector's
-    reach, so a child's collections do not write to (and so copy) the pages
-    it shares with the parent.
-    """
-    import gc
-    import importlib
-
-    for module in PRELOAD:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:  # an optional driver; the task reports it if used
-            log.debug("preload of %s skipped: %s", module, exc)
-    gc.collect()
-    gc.freeze()
-
-
-def check_pool(pool: object) -> None:
-    """Raise :class:`ConfigError` unless ``pool`` names the prefork pool."""
-    from celery.concurrency import ALIASES
-    from celery.concurrency.prefork import TaskPool
-
-    if pool is TaskPool or pool in ALLOWED_POOLS:
-        return
-    name = pool
-    if isinstance(pool, type):
-        path = f"{pool.__module__}:{pool.__name__}"
-        name = next((alias for alias, target in ALIASES.items() if target == path), path)
-    raise ConfigError(
-        "--pool",
-        name,
-        "labq runs tasks only in the prefork pool: other pools cannot enforce "
-        "soft and hard time limits",
-    )
 
 
 class LabqCelery(Celery):  # type: ignore[misc]
@@ -161,15 +33,18 @@ class LabqCelery(Celery):  # type: ignore[misc]
 
     @cached_property
     def Worker(self) -> type[CeleryWorker]:  # noqa: N802 - Celery's own name
+        # The worker's main process lives in labq.worker.prefork.
+        from labq.worker.prefork import PreforkOnlyWorker
+
         return self.subclass_with_self(PreforkOnlyWorker)  # type: ignore[no-any-return]
 
     def _get_backend(self) -> Any:
-        # Celery's Redis backend becomes labq's (labq.backend): the same
+        # Celery's Redis backend becomes labq's (labq.worker.backend): the same
         # records, one round trip per state change. Any other stays as set.
         from celery.app import backends
         from celery.backends.redis import RedisBackend
 
-        from labq.backend import LabqRedisBackend
+        from labq.worker.backend import LabqRedisBackend
 
         cls, url = backends.by_url(self.backend_cls or self.conf.result_backend, self.loader)
         if cls is RedisBackend:
@@ -225,8 +100,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.time_limit,
         # Flower sees queued tasks only with sent events.
         "worker_send_task_events": True,
-        # Task events go out in batches, at most 50 ms late (labq.consumer).
-        "worker_consumer": "labq.consumer:LabqConsumer",
+        # Task events go out in batches, at most 50 ms late (labq.worker.consumer).
+        "worker_consumer": "labq.worker.consumer:LabqConsumer",
         "task_send_sent_event": True,
         "task_track_started": True,
         "result_extended": True,
@@ -251,7 +126,7 @@ def create_app(settings: Settings | None = None, *, main: str = "labq") -> LabqC
     """
     settings = settings or Settings.load()
     app = LabqCelery(main, set_as_current=False, include=task_modules(),
-                     task_cls="labq.task_base:LabqTask")
+                     task_cls="labq.worker.task_base:LabqTask")
     app.labq_settings = settings
     app.conf.update(celery_config(settings))
     return app

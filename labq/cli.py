@@ -17,9 +17,12 @@ from typing import Any
 
 import click
 
+from labq.embedded.sim.command import sim as sim_command
 from labq.errors import LabqError
 from labq.settings import Settings
-from labq.sim.command import sim as sim_command
+
+#: The program's name, as its error lines start.
+PROG = "labq"
 
 
 class Context:
@@ -44,7 +47,7 @@ def _option(*decls: str, envvar: str, **kw: Any) -> Any:
 @click.version_option(package_name="labq")
 @click.pass_context
 def main(ctx: click.Context, config: Path | None) -> None:
-    """labq: fan device tasks out to prefork workers across lab hosts."""
+    """Fan device tasks out to prefork workers across lab hosts."""
     ctx.obj = Context(config)
 
 
@@ -93,7 +96,7 @@ def _ignore_interrupts() -> None:
 @pass_ctx
 def up(ctx: Context, redis_port: int, flower_port: int | None, concurrency: int | None) -> None:
     """Run Redis, two lab-host workers and Flower on loopback until Ctrl-C."""
-    from labq.stack import Stack
+    from labq.embedded.stack import Stack
 
     settings = ctx.settings(flower_port=flower_port, concurrency=concurrency or 2)
     stack = Stack(settings, redis_port=redis_port)
@@ -139,7 +142,7 @@ def _print_stack(stack: Any) -> None:
 def worker(ctx: Context, queues: str, name: str | None, concurrency: int | None,
            loglevel: str) -> None:
     """Run a prefork worker for one lab host (wraps ``celery worker``)."""
-    from labq.stack import PROJECT_ROOT, child_env, worker_argv
+    from labq.embedded.stack import PROJECT_ROOT, child_env, worker_argv
 
     settings = ctx.settings(concurrency=concurrency)
     qs = [q.strip() for q in queues.split(",") if q.strip()]
@@ -160,7 +163,7 @@ def flower(ctx: Context, address: str | None, port: int | None) -> None:
     The password comes from LABQ_FLOWER_PASSWORD; Flower refuses to start
     without one unless it binds to loopback.
     """
-    from labq.stack import PROJECT_ROOT, child_env, flower_argv
+    from labq.embedded.stack import PROJECT_ROOT, child_env, flower_argv
 
     settings = ctx.settings(flower_address=address, flower_port=port)
     if not settings.flower_password and settings.flower_address not in ("127.0.0.1", "::1"):
@@ -182,7 +185,7 @@ def flower(ctx: Context, address: str | None, port: int | None) -> None:
 @pass_ctx
 def demo(ctx: Context, keep: bool, testbed: Path | None) -> None:
     """Start the stack and simulated lab, run examples/testscript.py, tear down."""
-    from labq.demo import run_demo
+    from labq.embedded.demo import run_demo
 
     with _terminate_on_sigterm():
         code = run_demo(ctx.settings(concurrency=ctx.settings().concurrency, testbed=testbed),
@@ -197,7 +200,7 @@ def demo(ctx: Context, keep: bool, testbed: Path | None) -> None:
 @pass_ctx
 def devices(ctx: Context, testbed: Path | None, as_json: bool) -> None:
     """List every device with its queue, lease holders and waiters."""
-    from labq.inventory import device_rows, print_device_rows
+    from labq.ops.device_list import device_rows, print_device_rows
 
     rows = device_rows(ctx.settings(testbed=testbed))
     if as_json:
@@ -217,7 +220,7 @@ def scale(ctx: Context, host: str, size: int) -> None:
     Not for a worker started with --autoscale: change its range instead.
     """
     from labq.app import create_app
-    from labq.scaling import resolve_node, scale_pool
+    from labq.ops.scaling import resolve_node, scale_pool
 
     app = create_app(ctx.settings())
     try:
@@ -237,7 +240,7 @@ def scale(ctx: Context, host: str, size: int) -> None:
 @pass_ctx
 def status(ctx: Context, broker: str | None, as_json: bool) -> None:
     """Workers, queue depths, running tasks and device leases, from Redis."""
-    from labq.status import collect, print_status
+    from labq.ops.lab_status import collect, print_status
 
     report = collect(ctx.settings(broker_url=broker))
     if as_json:
@@ -254,7 +257,7 @@ def run() -> None:
     try:
         main(standalone_mode=True)
     except LabqError as exc:
-        click.echo(f"labq: error: {exc}", err=True)
+        click.echo(f"{PROG}: error: {exc}", err=True)
         sys.exit(2)
 
 

@@ -1,8 +1,34 @@
 """Every error labq raises, under one root: :class:`LabqError`.
 
+::
+
+    LabqError
+    ├── ConfigError             a setting, config file or option has a bad value
+    ├── BrokerUnavailable       Redis cannot be reached
+    │   └── PartialSubmit       a batch submit lost Redis part way (a SubmitError too)
+    ├── StackError              a part of the embedded stack did not start
+    │   └── SimLabError         the simulated lab did not start or answer
+    ├── TimeLimitError          soft/hard limits that cannot work
+    ├── TestbedError            a testbed file or object is invalid
+    ├── DeviceError             about one device (``device``, ``address``)
+    │   ├── DeviceUnreachable   no connection to the device
+    │   ├── AuthenticationFailed  the device refused the credentials
+    │   ├── DeviceBusy          the lease timeout passed while waiting
+    │   ├── UnknownDevice       no such device in the testbed
+    │   ├── DriverError         no usable driver or connection
+    │   └── LeaseError          a malformed lease request
+    ├── SubmitError             a call could not be queued
+    │   └── PartialSubmit
+    ├── TaskCancelled           raised in a task whose run was cancelled
+    ├── SoftTimeout             raised in a device task at its soft limit
+    └── RunError                what a run raises to the testscript (``outcomes``)
+        ├── TaskFailed          a pcall call failed
+        └── RunTimeout          a run or pcall reached its timeout
+
 Each class says when it is raised. Messages carry the offending value, so a
 log line alone tells what was wrong. Errors from redis, kombu and celery are
-wrapped at the boundary with ``raise ... from``.
+wrapped at the boundary with ``raise ... from``. Stored results name this
+module (``exc_module``), so it stays ``labq.errors``.
 """
 
 from __future__ import annotations
@@ -50,34 +76,6 @@ class TimeLimitError(LabqError):
     broker's visibility timeout is derived from)."""
 
 
-class LeaseError(LabqError):
-    """A device lease request is malformed: an empty device or holder name, a
-    device name ending in a reserved key suffix (``:info``, ``:seen``),
-    ``max_sessions`` below 1, or a TTL that is not positive.
-
-    Raised by :class:`labq.lease.Leases` before anything is sent to Redis.
-    """
-
-
-class DeviceBusy(LabqError):
-    """A device task waited for its device's lease longer than its lease
-    timeout. The message names the device, how long the task waited and who
-    held the device at the end (task ids)."""
-
-    def __init__(self, device: str, waited: float, holders: list[str]) -> None:
-        self.device = device
-        self.waited = waited
-        self.holders = list(holders)
-        # args, not the message: Celery's JSON result backend rebuilds the
-        # exception as cls(*args), so this round-trips.
-        super().__init__(device, waited, self.holders)
-
-    def __str__(self) -> str:
-        held_by = ", ".join(self.holders) or "nobody (queued behind earlier waiters)"
-        return (f"device {self.device!r} still busy after waiting {self.waited:.1f} s; "
-                f"held by {held_by}")
-
-
 class TestbedError(LabqError):
     """A testbed file (or a pyATS testbed object) is invalid: bad YAML, a
     missing or unknown key, a value of the wrong type, or an unset
@@ -109,7 +107,49 @@ class TestbedError(LabqError):
         return f"{': '.join(where)}: {self.reason}"
 
 
-class UnknownDevice(LabqError):
+class SimLabError(StackError):
+    """The simulated lab failed to start or to become ready in time, or its
+    control endpoint cannot be reached. The message names the testbed or the
+    control URL."""
+
+
+class DeviceError(LabqError):
+    """Base of the errors about one device; carries ``device`` and ``address``
+    (empty where unknown).
+
+    The single positional argument is the message, so Celery's JSON result
+    encoding rebuilds these errors on the client unchanged. Subclasses with
+    other arguments (:class:`DeviceBusy`, :class:`UnknownDevice`) keep them
+    as their ``args`` for the same reason.
+    """
+
+    def __init__(self, message: str, *, device: str = "", address: str = "") -> None:
+        super().__init__(message)
+        self.device = device
+        self.address = address
+
+
+class DeviceBusy(DeviceError):
+    """A device task waited for its device's lease longer than its lease
+    timeout. The message names the device, how long the task waited and who
+    held the device at the end (task ids)."""
+
+    def __init__(self, device: str, waited: float, holders: list[str]) -> None:
+        self.device = device
+        self.waited = waited
+        self.holders = list(holders)
+        self.address = ""
+        # args, not the message: Celery's JSON result backend rebuilds the
+        # exception as cls(*args), so this round-trips.
+        LabqError.__init__(self, device, waited, self.holders)
+
+    def __str__(self) -> str:
+        held_by = ", ".join(self.holders) or "nobody (queued behind earlier waiters)"
+        return (f"device {self.device!r} still busy after waiting {self.waited:.1f} s; "
+                f"held by {held_by}")
+
+
+class UnknownDevice(DeviceError):
     """A device name is not in the testbed; raised at submit time, before
     anything is queued, and on a worker whose testbed lacks the device.
 
@@ -118,9 +158,11 @@ class UnknownDevice(LabqError):
 
     def __init__(self, name: str, testbed: str, close_matches: list[str]) -> None:
         self.name = name
+        self.device = name
+        self.address = ""
         self.testbed = testbed
         self.close_matches = list(close_matches)
-        super().__init__(name, testbed, self.close_matches)
+        LabqError.__init__(self, name, testbed, self.close_matches)
 
     def __str__(self) -> str:
         hint = (f"; did you mean {', '.join(map(repr, self.close_matches))}?"
@@ -128,28 +170,18 @@ class UnknownDevice(LabqError):
         return f"unknown device {self.name!r} in testbed {self.testbed!r}{hint}"
 
 
-class SimLabError(StackError):
-    """The simulated lab failed to start or to become ready in time, or its
-    control endpoint cannot be reached. The message names the testbed or the
-    control URL."""
-
-
-class DriverError(LabqError):
+class DriverError(DeviceError):
     """A device names no usable driver or connection, or the driver is not
     installed (unicon without the ``pyats`` extra)."""
 
 
-class DeviceError(LabqError):
-    """Base of the errors about one device; carries ``device`` and ``address``.
+class LeaseError(DeviceError):
+    """A device lease request is malformed: an empty device or holder name, a
+    device name ending in a reserved key suffix (``:info``, ``:seen``),
+    ``max_sessions`` below 1, or a TTL that is not positive.
 
-    The single positional argument is the message, so Celery's JSON result
-    encoding rebuilds these errors on the client unchanged.
+    Raised by :class:`labq.devices.lease.Leases` before anything is sent to Redis.
     """
-
-    def __init__(self, message: str, *, device: str = "", address: str = "") -> None:
-        super().__init__(message)
-        self.device = device
-        self.address = address
 
 
 class DeviceUnreachable(DeviceError):

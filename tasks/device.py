@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 
-from labq.device_task import device_task
-from labq.drivers import Session
+from labq import device_task
+from labq.devices.drivers import Session
+from labq.devices.testbed import Device
 from labq.errors import ConfigError
-from labq.testbed import Device
 
 
 @device_task

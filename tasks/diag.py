@@ -11,8 +11,8 @@ from typing import Any
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from labq.device_task import device_task
-from labq.drivers import Session
+from labq import device_task
+from labq.devices.drivers import Session
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def fail(message: str = "diag failure") -> None:
 # Each appends ``task <pid>`` and ``child <pid>`` lines to ``pidfile`` so a
 # test can check the process table after a kill. With ``obey_soft`` false the
 # soft limit's signal is ignored, so only the hard limit (or a SIGKILL
-# revoke) stops the task, the case labq.killing exists for.
+# revoke) stops the task, the case labq.worker.killing exists for.
 
 #: A process that outlives SIGTERM: only SIGKILL (or the group's) ends it.
 _IGNORES_TERM = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "

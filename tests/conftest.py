@@ -22,11 +22,11 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 
 from labq.app import LabqCelery, create_app
-from labq.ports import free_ports
-from labq.redis_server import RedisServer
+from labq.embedded.ports import free_ports
+from labq.embedded.redis_server import RedisServer
+from labq.embedded.sim.testbeds import device_entry, write_testbed
+from labq.embedded.stack import Stack, WorkerSpec
 from labq.settings import Settings
-from labq.sim.testbeds import device_entry, write_testbed
-from labq.stack import Stack, WorkerSpec
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

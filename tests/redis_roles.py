@@ -22,11 +22,11 @@ from pathlib import Path
 import redis
 
 from labq.app import create_app
+from labq.embedded.ports import free_port
+from labq.embedded.processes import spawn, stop_trees
+from labq.embedded.stack import PROJECT_ROOT, child_env, flower_argv, node_name, worker_argv
 from labq.errors import StackError
-from labq.ports import free_port
-from labq.processes import spawn, stop_trees
 from labq.settings import Settings
-from labq.stack import PROJECT_ROOT, child_env, flower_argv, node_name, worker_argv
 
 CONFIG = PROJECT_ROOT / "config"
 USERS = ("worker", "client", "flower", "admin")

@@ -170,9 +170,9 @@ maxmemory-policy noeviction
 daemonize no
 EOF
   chmod 600 "$STATE/redis/redis.conf"
-  spawn redis "$CENTRAL" "$("$LQ_PYTHON" -c 'from labq.redis_server import find_redis_server as f; print(f())')" \
+  spawn redis "$CENTRAL" "$("$LQ_PYTHON" -c 'from labq.embedded.redis_server import find_redis_server as f; print(f())')" \
     "$STATE/redis/redis.conf"
-  "$LQ_PYTHON" -m labq.netlab testbeds "$TOPO" "$STATE" >/dev/null
+  "$LQ_PYTHON" -m labq.embedded.netlab testbeds "$TOPO" "$STATE" >/dev/null
   cat >"$STATE/lab.env" <<EOF
 LABQ_BROKER_URL='redis://:$password@$central_ip:6379/0'
 LABQ_TESTBED='$STATE/testbed.yaml'
@@ -183,7 +183,7 @@ EOF
   chmod 600 "$STATE/lab.env"
   local q
   for q in $SEGMENTS; do
-    spawn "sim-$q" "$PREFIX-seg-$q" "$LQ_PYTHON" -m labq.sim --testbed "$STATE/testbed-$q.yaml" \
+    spawn "sim-$q" "$PREFIX-seg-$q" "$LQ_PYTHON" -m labq.embedded.sim --testbed "$STATE/testbed-$q.yaml" \
       --control-port 0 --ready-file "$STATE/sim-$q.ready"
   done
   lab_env

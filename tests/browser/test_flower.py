@@ -21,7 +21,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import ARTIFACTS
 from labq.app import LabqCelery
-from labq.stack import Stack
+from labq.embedded.stack import Stack
 
 # Cell texts of every row of a DataTable, read in one script call so that an
 # autorefresh redrawing the table cannot leave us holding stale elements.

@@ -1,4 +1,4 @@
-"""labq's result backend (labq.backend): Celery's records in one round trip
+"""labq's result backend (labq.worker.backend): Celery's records in one round trip
 per state, with each end announced on its run's done stream."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from celery.backends.redis import RedisBackend
 
 import labq
 from labq.app import LabqCelery
-from labq.backend import LabqRedisBackend, Rider
-from labq.stack import Stack
-from labq.task_base import RUN_KWARG, SCRIPT_KWARG, done_key, log_key
+from labq.embedded.stack import Stack
+from labq.keys import RUN_KWARG, SCRIPT_KWARG, done_key, log_key
+from labq.worker.backend import LabqRedisBackend, Rider
 from tasks import diag
 
 

@@ -16,7 +16,7 @@ import redis
 import labq
 from conftest import FREE_DEVICES, LAB_PASSWORD, LEASE_DEVICES, SEGMENT_DEVICES, need
 from labq.app import LabqCelery
-from labq.stack import Stack
+from labq.embedded.stack import Stack
 from tasks import device
 
 
@@ -183,7 +183,7 @@ def test_no_secret_reaches_redis_flower_or_logs(app: LabqCelery, stack: Stack) -
 
 def test_a_hard_kill_frees_the_lease_and_the_session_at_once(app: LabqCelery,
                                                              stack: Stack) -> None:
-    from labq.lease import Leases
+    from labq.devices.lease import Leases
     from tasks import diag
 
     assert stack.sim is not None
@@ -234,8 +234,8 @@ def test_a_device_task_called_directly_releases_its_lease_at_once(app: LabqCeler
     # before the TTL. labq sets no app as current; the caller does.
     from celery import _state
 
+    from labq.devices.lease import Leases
     from labq.errors import ConfigError
-    from labq.lease import Leases
 
     with pytest.raises(ConfigError, match=r"app\.set_current\(\)"):
         device.execute(device="f40", command="show version")  # Celery's default app

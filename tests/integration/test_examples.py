@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from conftest import need
-from labq.stack import PROJECT_ROOT, Stack, child_env
+from labq.embedded.stack import PROJECT_ROOT, Stack, child_env
 
 EXAMPLES = PROJECT_ROOT / "examples"
 

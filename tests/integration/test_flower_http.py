@@ -14,7 +14,7 @@ import pytest
 
 import labq
 from labq.app import LabqCelery
-from labq.stack import Stack
+from labq.embedded.stack import Stack
 from tasks import device
 
 

@@ -1,4 +1,4 @@
-"""A worker host that dies mid-run (labq.liveness, labq.dead_workers).
+"""A worker host that dies mid-run (labq.worker.liveness, labq.client.dead_workers).
 
 Its running tasks become ``lost`` within the heartbeat TTL, or run again
 once elsewhere when idempotent; their leases are freed; a redelivered
@@ -20,10 +20,10 @@ import redis
 import labq
 from conftest import lab_testbed, recorded, stack_settings
 from labq.app import LabqCelery, create_app
-from labq.lease import Leases
-from labq.liveness import read_workers
-from labq.stack import Stack, WorkerSpec, node_name
-from labq.task_base import RUN_KWARG, SCRIPT_KWARG
+from labq.devices.lease import Leases
+from labq.embedded.stack import Stack, WorkerSpec, node_name
+from labq.keys import RUN_KWARG, SCRIPT_KWARG
+from labq.worker.liveness import read_workers
 from tasks import diag
 
 TTL = 3.0

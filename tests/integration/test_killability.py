@@ -1,4 +1,4 @@
-"""A hard kill takes the prefork child and every process it started (labq.killing).
+"""A hard kill takes the prefork child and every process it started (labq.worker.killing).
 
 The diag tasks record their own PID and those of the processes they start
 in a pidfile; after the limit or the revoke, the process table must hold
@@ -19,7 +19,7 @@ import pytest
 import labq
 from conftest import alive, kill_leftovers, need, recorded, still_alive, wait_recorded
 from labq.app import LabqCelery
-from labq.stack import Stack
+from labq.embedded.stack import Stack
 from tasks import diag
 
 LIMITS: dict[str, Any] = {"soft_time_limit": 1, "time_limit": 2}
@@ -81,7 +81,7 @@ def test_a_hard_killed_task_says_where_it_was_stuck(app: LabqCelery) -> None:
     outcome = run.outcomes[0]
     assert outcome.status is labq.Status.HARD_TIMEOUT, outcome
     assert outcome.error is not None
-    # Its traceback is the child's stacks, taken just before the kill (labq.stackdump),
+    # Its traceback is the child's stacks, taken just before the kill (labq.worker.child_stacks),
     # without the pool's frames around the task.
     stacks = outcome.error.traceback
     assert "most recent call first" in stacks and "diag.py" in stacks, stacks

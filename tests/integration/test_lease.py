@@ -13,10 +13,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from labq.devices.lease import Grant, Leases, Renewer, Wait
+from labq.embedded.ports import free_port
+from labq.embedded.redis_server import RedisServer
 from labq.errors import BrokerUnavailable, DeviceBusy, LeaseError
-from labq.lease import Grant, Leases, Renewer, Wait
-from labq.ports import free_port
-from labq.redis_server import RedisServer
 
 
 def grant(result: Grant | Wait) -> Grant:
@@ -214,7 +214,7 @@ def test_renewer_records_a_lost_lease(redis_client: redis.Redis,
                                       caplog: pytest.LogCaptureFixture) -> None:
     leases = Leases(redis_client, ttl=0.3)
     g = grant(leases.acquire("r1", "a", 1))
-    with caplog.at_level(logging.WARNING, logger="labq.lease"), Renewer(leases, g) as renewer:
+    with caplog.at_level(logging.WARNING, logger="labq.devices.lease"), Renewer(leases, g) as renewer:
         leases.release("r1", "a")
         time.sleep(0.3)
     assert renewer.lost

@@ -16,10 +16,10 @@ import redis
 
 import labq
 from conftest import SEGMENT_DEVICES
-from labq import publish
 from labq.app import LabqCelery
+from labq.client import messages, publish
 from labq.errors import PartialSubmit, SubmitError, TimeLimitError, UnknownDevice
-from labq.task_base import RUN_KWARG, SCRIPT_KWARG
+from labq.keys import RUN_KWARG, SCRIPT_KWARG
 from tasks import device, diag
 
 QUEUES = ("labq", "lab-a", "lab-b")
@@ -71,7 +71,7 @@ def test_a_batch_message_is_the_envelope_send_task_publishes(app: LabqCelery) ->
     queue = "test-publish-unconsumed"
     client.delete(queue)
     try:
-        msg = publish.build(app, diag.echo.name, (), {"value": 1}, task_id="batch-id",
+        msg = messages.build(app, diag.echo.name, (), {"value": 1}, task_id="batch-id",
                                  device=None, default_queue="labq", soft_time_limit=5,
                                  time_limit=10, queue=queue)
         with app.producer_or_acquire() as producer:
@@ -123,8 +123,8 @@ def test_the_raw_path_writes_kombus_bytes_and_events(lone_app: LabqCelery,
     assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
     queue = "test-raw-vs-kombu"
 
-    def one(raw: bool) -> publish.TaskMessage:
-        m = publish.build(app, diag.echo.name, (), {"value": "ä", "n": [1, 2.5, None]},
+    def one(raw: bool) -> messages.TaskMessage:
+        m = messages.build(app, diag.echo.name, (), {"value": "ä", "n": [1, 2.5, None]},
                           task_id="same-id", device=None, default_queue="labq",
                           soft_time_limit=5, time_limit=10, queue=queue)
         if priority is not None:

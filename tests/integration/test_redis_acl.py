@@ -22,11 +22,10 @@ from redis_roles import AclRedis, Roles, client_for, redis_server_major
 import labq
 from conftest import lab_testbed, need, stack_settings
 from labq import cli
-from labq.lease import Leases, held_key, lease_keys
-from labq.liveness import worker_key
-from labq.sim.process import SimProcess
-from labq.stack import node_name
-from labq.task_base import cancel_key
+from labq.devices.lease import Leases
+from labq.embedded.sim.process import SimProcess
+from labq.embedded.stack import node_name
+from labq.keys import cancel_key, held_key, lease_keys, worker_key
 from tasks import diag
 from tasks.device import execute
 
@@ -64,7 +63,7 @@ def test_default_user_is_off(server: AclRedis) -> None:
 def test_client_cannot_read_or_delete_leases(server: AclRedis, admin: redis.Redis) -> None:
     worker = client_for(server, "worker")
     grant = Leases(worker).acquire("r1", "task-1", 1, task="tasks.device.execute", worker="w1")
-    assert isinstance(grant, labq.lease.Grant)
+    assert isinstance(grant, labq.devices.lease.Grant)
     worker.set("labq:waitsince:task-2", "1")
     lease, info, wait, seen = lease_keys("r1")
     client = client_for(server, "client")

@@ -25,9 +25,9 @@ import redis
 
 import labq
 from conftest import stack_settings
-from labq.redis_server import RedisServer
-from labq.stack import Stack, WorkerSpec, node_name
-from labq.task_base import fenced_key, starts_key
+from labq.embedded.redis_server import RedisServer
+from labq.embedded.stack import Stack, WorkerSpec, node_name
+from labq.keys import fenced_key, starts_key
 from tasks import diag
 
 

@@ -20,12 +20,12 @@ from redis_roles import AclRedis, Roles, redis_server_major
 
 import labq
 from conftest import lab_testbed, need, stack_settings
+from labq.embedded.sim.process import SimProcess
+from labq.embedded.stack import node_name
 from labq.errors import BrokerUnavailable, ConfigError
-from labq.inventory import device_rows
+from labq.ops.device_list import device_rows
 from labq.redis_client import connect
 from labq.settings import Settings
-from labq.sim.process import SimProcess
-from labq.stack import node_name
 from tasks import diag
 from tasks.device import execute
 

@@ -18,8 +18,8 @@ import redis
 import labq
 from conftest import FREE_DEVICES, SEGMENT_DEVICES
 from labq.app import LabqCelery, create_app
-from labq.processes import spawn, stop_tree
-from labq.stack import Stack, child_env, worker_argv
+from labq.embedded.processes import spawn, stop_tree
+from labq.embedded.stack import Stack, child_env, worker_argv
 from tasks import diag
 
 

@@ -13,9 +13,9 @@ import psutil
 import labq
 from conftest import kill_leftovers, still_alive, wait_recorded
 from labq.app import create_app
-from labq.processes import spawn, stop_tree
+from labq.embedded.processes import spawn, stop_tree
+from labq.embedded.stack import Stack, child_env, node_name, worker_argv
 from labq.settings import Settings
-from labq.stack import Stack, child_env, node_name, worker_argv
 from tasks import diag
 
 

@@ -20,11 +20,11 @@ from netmiko.exceptions import (
     ReadTimeout,
 )
 
+from labq.embedded.ports import free_ports
+from labq.embedded.sim import SimProcess, make_testbed, sim_reset, sim_state, write_testbed
+from labq.embedded.sim.command import sim as sim_command
+from labq.embedded.sim.testbeds import DEMO_PASSWORD, DEMO_USER, device_entry
 from labq.errors import SimLabError
-from labq.ports import free_ports
-from labq.sim import SimProcess, make_testbed, sim_reset, sim_state, write_testbed
-from labq.sim.command import sim as sim_command
-from labq.sim.testbeds import DEMO_PASSWORD, DEMO_USER, device_entry
 
 LATENCY = 0.3
 SLOW = 0.001
@@ -121,8 +121,8 @@ def test_a_closed_session_is_gone_on_the_device_when_close_returns(
         lab: SimProcess, state: Callable[[str], Any]) -> None:
     # The lease passes on as soon as close() returns: by then the device must
     # have let the session go, or the next holder would find it still there.
-    from labq.drivers import open_session
-    from labq.testbed import load_testbed
+    from labq.devices.drivers import open_session
+    from labq.devices.testbed_yaml import load_testbed
 
     wait_for(lambda: state("plain")["sessions"] == 0)
     device = load_testbed(lab.testbed).device("plain")

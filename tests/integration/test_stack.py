@@ -17,8 +17,8 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from conftest import need
 from labq.app import LabqCelery
-from labq.processes import spawn, stop_tree
-from labq.stack import Stack, child_env, node_name
+from labq.embedded.processes import spawn, stop_tree
+from labq.embedded.stack import Stack, child_env, node_name
 
 LABQ = str(Path(sys.executable).with_name("labq"))
 

@@ -19,9 +19,9 @@ from click.testing import CliRunner
 import labq
 from labq import cli
 from labq.app import LabqCelery
-from labq.lease import Leases
-from labq.ports import free_port
-from labq.stack import Stack
+from labq.devices.lease import Leases
+from labq.embedded.ports import free_port
+from labq.embedded.stack import Stack
 from tasks.device import execute
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +77,7 @@ def test_status_shows_workers_queues_a_running_task_and_its_lease(
         task_id = run.submit(execute, device="hang", command="show version")
         wait_for(lambda: leases.holders("hang"), "the task's lease on hang")
         # A second holder in line for the device.
-        assert not isinstance(leases.acquire("hang", "status-waiter", 1), labq.lease.Grant)
+        assert not isinstance(leases.acquire("hang", "status-waiter", 1), labq.devices.lease.Grant)
 
         def running() -> dict[str, Any] | None:
             doc = status_json(stack)

@@ -1,5 +1,5 @@
-"""The worker's kombu transport (labq.transport) and event batching
-(labq.consumer): less work per task, the same traffic."""
+"""The worker's kombu transport (labq.redis_client) and event batching
+(labq.worker.consumer): less work per task, the same traffic."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ from kombu.connection import Connection
 import labq
 import tasks.diag  # noqa: F401  (registers tasks.diag.echo on every app)
 from labq.app import LabqCelery
-from labq.consumer import EVENT_FLUSH_INTERVAL, LabqConsumer
+from labq.devices.lease import Leases
+from labq.devices.testbed_yaml import load_testbed
+from labq.embedded.redis_server import RedisServer
 from labq.errors import TaskCancelled
-from labq.lease import Leases
-from labq.redis_server import RedisServer
-from labq.task_base import RUN_KWARG, LabqTask, cancel_key, fenced_key
-from labq.testbed import load_testbed
-from labq.transport import TRANSPORT, Channel
+from labq.keys import RUN_KWARG, cancel_key, fenced_key
+from labq.redis_client import TRANSPORT, Channel
+from labq.worker.consumer import EVENT_FLUSH_INTERVAL, LabqConsumer
+from labq.worker.task_base import LabqTask
 
 
 def test_a_channel_reuses_one_client_per_pool(redis_server: RedisServer) -> None:
@@ -130,7 +131,7 @@ def test_a_lease_taken_at_the_start_is_freed_however_the_task_ends_before_its_bo
     # refused there (run cancelled, task fenced), or interrupted before its
     # body, must not keep the lease until its TTL: the release rides with the
     # stored end, or runs in the tracer's cleanup when nothing is stored.
-    import labq.task_base
+    import labq.worker.task_base
     import tasks.device
 
     task = lone_app.tasks[tasks.device.execute.name]
@@ -143,7 +144,7 @@ def test_a_lease_taken_at_the_start_is_freed_however_the_task_ends_before_its_bo
     else:
         def interrupted() -> None:
             raise SoftTimeLimitExceeded()
-        monkeypatch.setattr(labq.task_base, "_install_log_handler", interrupted)
+        monkeypatch.setattr(labq.worker.task_base, "_install_log_handler", interrupted)
     leases = Leases(redis_client)
     leases.acquire(device, "warm-up", 1)  # loads the script, so the ride is taken
     leases.release(device, "warm-up")

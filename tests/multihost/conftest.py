@@ -29,11 +29,11 @@ import pytest
 
 from conftest import need
 from labq.app import LabqCelery, create_app
-from labq.netlab import Topology, write_testbeds
-from labq.processes import spawn, stop_trees, tree
-from labq.redis_server import RedisServer, find_redis_server
+from labq.embedded.netlab import Topology, write_testbeds
+from labq.embedded.processes import spawn, stop_trees, tree
+from labq.embedded.redis_server import RedisServer, find_redis_server
+from labq.embedded.stack import PROJECT_ROOT, child_env, flower_argv, node_name, worker_argv
 from labq.settings import Settings
-from labq.stack import PROJECT_ROOT, child_env, flower_argv, node_name, worker_argv
 
 LABNET = PROJECT_ROOT / "deploy" / "netns" / "labnet.sh"
 PREFIX = "lq"
@@ -157,7 +157,7 @@ class NetLab:
         ready = self.state / f"sim-{queue}.ready"
         ready.unlink(missing_ok=True)
         proc = spawn(["ip", "netns", "exec", self.topology.segments[queue].namespace,
-                      sys.executable, "-m", "labq.sim", "--testbed", str(testbed),
+                      sys.executable, "-m", "labq.embedded.sim", "--testbed", str(testbed),
                       "--control-port", "0", "--ready-file", str(ready)],
                      log_path=self.logs / f"sim-{queue}.log", cwd=PROJECT_ROOT)
         self._record(f"sim-{queue}", proc)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import labq
-from labq.lease import Leases
+from labq.devices.lease import Leases
 from tasks.diag import hold_device, tick_device
 
 from .conftest import NetLab

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from itertools import cycle, islice
 
 import labq
-from labq.scaling import pool_size
-from labq.stack import PROJECT_ROOT, child_env
+from labq.embedded.stack import PROJECT_ROOT, child_env
+from labq.ops.scaling import pool_size
 from tasks.device import execute
 
 from .conftest import NetLab

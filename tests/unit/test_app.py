@@ -6,9 +6,10 @@ import os
 import pytest
 
 import labq
-from labq.app import check_pool, create_app, quiet_paramiko
+from labq.app import create_app
 from labq.errors import ConfigError
 from labq.settings import Settings
+from labq.worker.prefork import check_pool, quiet_paramiko
 
 
 def settings(**kw: object) -> Settings:
@@ -81,6 +82,47 @@ def test_every_error_derives_from_the_root() -> None:
     classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
     assert all(issubclass(c, labq.LabqError) for c in classes)
     assert all(c.__doc__ for c in classes)
+
+
+def test_every_error_is_public_once() -> None:
+    from labq import errors
+
+    classes = {n for n, c in vars(errors).items() if isinstance(c, type) and issubclass(c, Exception)}
+    assert classes <= set(labq.__all__)
+    assert len(labq.__all__) == len(set(labq.__all__))
+
+
+def test_device_errors_sit_under_device_error() -> None:
+    for cls in (labq.DeviceBusy, labq.UnknownDevice, labq.DriverError, labq.LeaseError,
+                labq.DeviceUnreachable, labq.AuthenticationFailed):
+        assert issubclass(cls, labq.DeviceError), cls
+    # The ones with their own arguments still say which device.
+    assert labq.DeviceBusy("r1", 1.0, []).device == "r1"
+    assert labq.UnknownDevice("r9", "lab", []).device == "r9"
+    assert labq.DriverError("no driver").device == ""
+
+
+def test_the_error_tree_in_the_docstring_is_the_class_tree() -> None:
+    import re
+
+    from labq import errors
+
+    drawn: dict[str, set[str]] = {}  # class -> its parents in the drawing
+    path: list[str] = []
+    for line in (errors.__doc__ or "").splitlines():
+        m = re.match(r"^    ([ \u2502\u251c\u2514\u2500]*)([A-Z][A-Za-z]+)\b", line)
+        if not m:
+            continue
+        depth = len(m.group(1)) // 4
+        del path[depth:]
+        if path:
+            drawn.setdefault(m.group(2), set()).add(path[-1])
+        path.append(m.group(2))
+    classes = {n: c for n, c in vars(errors).items()
+               if isinstance(c, type) and issubclass(c, Exception)}
+    assert set(drawn) | {"LabqError"} == set(classes)
+    for name, parents in drawn.items():
+        assert {classes[p] for p in parents} <= set(classes[name].__bases__), (name, parents)
 
 
 def test_every_celery_default_is_explained_in_the_docs() -> None:

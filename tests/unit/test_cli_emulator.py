@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from labq.sim.cli_emulator import INVALID, IosCli, Mode
+from labq.embedded.sim.cli_emulator import INVALID, IosCli, Mode
 
 NOW = 1_700_000_000.0
 

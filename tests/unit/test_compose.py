@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from conftest import need
+from labq.devices.testbed_yaml import load_testbed
 from labq.settings import Settings
-from labq.testbed import load_testbed
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -1,4 +1,4 @@
-"""labq.hub: the worker's event loop skips removals of writers it does not watch."""
+"""labq.worker.hub: the worker's event loop skips removals of writers it does not watch."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from kombu.asynchronous.timer import Timer
 
-from labq.hub import LabqHub
+from labq.worker.hub import LabqHub
 
 
 class CountingPoller:
@@ -76,7 +76,7 @@ def test_workers_run_on_it() -> None:
     from labq.settings import Settings
 
     # Building a worker changes this process: paramiko's logger
-    # (labq.app.quiet_paramiko), Celery's tracer and its join guard. Undone
+    # (labq.worker.prefork.quiet_paramiko), Celery's tracer and its join guard. Undone
     # after, or later tests in this process could not wait for results.
     paramiko = logging.getLogger("paramiko")
     level, will_block = paramiko.level, task_join_will_block()

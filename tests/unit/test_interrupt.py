@@ -1,4 +1,4 @@
-"""labq.interrupt: the soft interrupt reaches a task's body and nothing after it."""
+"""labq.worker.interrupt: the soft interrupt reaches a task's body and nothing after it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
-from labq.interrupt import SOFT_SIGNAL, armed
+from labq.worker.interrupt import SOFT_SIGNAL, armed
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +33,7 @@ def test_inside_the_body_the_interrupt_raises() -> None:
 def test_after_the_body_the_interrupt_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
     with armed():
         pass
-    with caplog.at_level("INFO", logger="labq.interrupt"):
+    with caplog.at_level("INFO", logger="labq.worker.interrupt"):
         interrupt()  # no exception: the task it was meant for has ended
     assert "after its task had ended" in caplog.text
 
@@ -42,7 +42,7 @@ def test_an_interrupt_inside_a_log_line_to_the_run_is_not_swallowed(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
 
-    from labq import task_base
+    from labq.worker import task_base
 
     class Interrupted:
         def xadd(self, *_: object, **__: object) -> None:

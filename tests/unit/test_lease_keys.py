@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import redis
 
+from labq.devices.lease import masked_url
 from labq.errors import DeviceBusy, LabqError
-from labq.lease import DEVICES_KEY, held_key, lease_keys, masked_url, waiting_key
+from labq.keys import DEVICES_KEY, held_key, lease_keys, waiting_key
 
 
 def test_key_layout() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from labq.client.pcall import expand_calls
 from labq.errors import SubmitError
-from labq.pcall import expand_calls
 
 
 def calls(targets: object = "t", cargs: tuple[object, ...] = (), iargs: object = (),

@@ -4,9 +4,9 @@ from datetime import datetime, timedelta, timezone
 
 from rich.console import Console
 
+from labq.client.progress import Progress
+from labq.client.report import outcome_table, render
 from labq.outcome import Outcome, RemoteError, Status
-from labq.progress import Progress
-from labq.report import outcome_table, render
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

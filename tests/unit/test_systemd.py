@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 from conftest import need
 from labq import cli
+from labq.embedded.stack import worker_argv
 from labq.settings import Settings
-from labq.stack import worker_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "deploy" / "systemd"

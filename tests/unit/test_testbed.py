@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
+from labq.devices.testbed import Credentials, Testbed
+from labq.devices.testbed_yaml import as_testbed, from_pyats, load_testbed
 from labq.errors import LabqError, TestbedError, UnknownDevice
-from labq.testbed import Credentials, Testbed, as_testbed, from_pyats, load_testbed
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cret-Pa55"
@@ -270,8 +271,8 @@ def test_from_pyats_validates_like_a_file() -> None:
 def test_a_real_pyats_testbed_object_is_accepted(tmp_path: Path) -> None:
     loader = pytest.importorskip("pyats.topology.loader",
                                  reason="the pyats extra is not installed")
-    from labq.sim.testbeds import make_testbed
-    from labq.testbed import from_pyats
+    from labq.devices.testbed_yaml import from_pyats
+    from labq.embedded.sim.testbeds import make_testbed
 
     path = make_testbed(tmp_path, 2, queues=["lab-a", "lab-b"])
     tb = from_pyats(loader.load(str(path)))

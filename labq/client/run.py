@@ -1,0 +1,355 @@
+"""Runs: submit device tasks now, gather their outcomes later.
+
+A :class:`Run` tags every task with its id and the testscript's name,
+gathers outcomes from the raw result records in Redis, streams the tasks'
+log lines, shows progress, settles the tasks of dead workers
+(labq.client.dead_workers) and cancels durably (labq.client.cancel). What it
+knows of its tasks is one :class:`~labq.client.run_state.RunState`, which
+those two take as an argument.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import redis
+
+from labq.app import LabqCelery, create_app
+from labq.client import publish
+from labq.client.cancel import cancel_run
+from labq.client.dead_workers import check_workers, fence_stopped
+from labq.client.messages import Builder, TaskMessage, build
+from labq.client.progress import Progress
+from labq.client.publish import DEFAULT_CHUNK
+from labq.client.run_state import Call, RunState
+from labq.client.streams import RunStreams
+from labq.client.submission import check_json, check_limits, first, script_name, task_name
+from labq.client.wire import uuid4_strings
+from labq.errors import (
+    BrokerUnavailable,
+    PartialSubmit,
+    RunTimeout,
+    SubmitError,
+)
+from labq.keys import RUN_KWARG, SCRIPT_KWARG, starts_key
+from labq.outcome import Outcome, outcome_from_meta
+from labq.redis_client import connect, describe, retrying
+from labq.settings import Settings, mask_url
+from labq.worker.liveness import WorkerWatch
+
+log = logging.getLogger(__name__)
+
+#: Seconds between the soft interrupt of a cancel and the hard kill.
+DEFAULT_GRACE = 5.0
+#: Longest wait for a pushed change (a task's end, a log line) before every
+#: pending result is read anyway: for ends that push nothing (a done stream
+#: trimmed behind the client, a result backend other than labq's).
+CHANGE_WAIT = 0.5
+#: Seconds between checks of the heartbeats of the workers running our tasks.
+LIVENESS_INTERVAL = 1.0
+
+
+class Run:
+    """A named group of tasks, gathered and cancelled together."""
+
+    def __init__(self, name: str = "run", *, soft_time_limit: float | None = None,
+                 time_limit: float | None = None, app: LabqCelery | None = None,
+                 settings: Settings | None = None, progress: bool | None = None,
+                 logs: bool = True, grace: float = DEFAULT_GRACE) -> None:
+        self._own_app = app is None
+        self.app = app or create_app(settings or Settings.load())
+        self.settings: Settings = self.app.labq_settings
+        check_limits(soft_time_limit, time_limit, self.settings)
+        self.name = name
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        self.id = f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"
+        self.script = script_name()
+        self.soft_time_limit = soft_time_limit
+        self.time_limit = time_limit
+        self.grace = grace
+        self._progress_flag = progress
+        self._state = RunState(self.id)
+        #: When every pending result was last read (``as_completed``).
+        self._full_at = 0.0
+        #: Whether the last outcomes to end were all announced on the done
+        #: stream (their log lines were read with them).
+        self._pushed_last = False
+        #: Raw publishing templates of single submits (labq.client.publish).
+        self._wires: dict[Any, Any] = {}
+        self.redis = connect(self.settings.backend_url, self.settings, socket_timeout=10,
+                             socket_connect_timeout=5)
+        self._watch = WorkerWatch(self.redis, self.settings.worker_ttl,
+                                           LIVENESS_INTERVAL)
+        self._streams = RunStreams(self.redis, self.id, logs)
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(
+                f"run {name!r}: Redis at {mask_url(self.settings.backend_url)} is unreachable "
+                f"({describe(exc, self.settings)}); is the stack up and LABQ_BROKER_URL right?"
+            ) from exc
+
+    # -- submitting -------------------------------------------------------
+
+    def submit(self, task: Any, *args: Any, soft_time_limit: float | None = None,
+               time_limit: float | None = None, **kwargs: Any) -> str:
+        """Queue ``task(*args, **kwargs)``; returns its task id.
+
+        Refused before anything is queued when the task is unknown, an
+        argument is not JSON, the device is not in the testbed, or the
+        limits are invalid.
+        """
+        name, soft, hard = self._prepare(task, soft_time_limit, time_limit)
+        check_json(name, args, kwargs)
+        device = kwargs.get("device") or (args[0] if args and self._is_device_task(name) else None)
+        body = {**kwargs, RUN_KWARG: self.id, SCRIPT_KWARG: self.script}
+        message = self._send(name, list(args), body, task_id=str(uuid.uuid4()), queue=None,
+                             soft=soft, hard=hard, device=str(device) if device else None)
+        self._track_published([message], soft, hard, args=list(args))
+        return message.task_id
+
+    def submit_many(self, task: Any, kwargs_list: Iterable[Mapping[str, Any]], *,
+                    soft_time_limit: float | None = None, time_limit: float | None = None,
+                    chunk: int = DEFAULT_CHUNK, sent_events: bool = True) -> list[str]:
+        """Queue ``task(**kwargs)`` for each mapping of ``kwargs_list``, in
+        Redis pipelines of ``chunk`` messages; returns the task ids in order.
+
+        Every item is checked as :meth:`submit` checks it (task, JSON, device,
+        limits) before the first message is published, so one bad item queues
+        nothing. If Redis fails part way, :class:`labq.errors.PartialSubmit`
+        names the task ids that were queued (the run tracks those), the
+        uncertain ones and those never sent. ``sent_events=False`` skips the
+        ``task-sent`` events (about a third of the client's CPU per task);
+        Flower then shows each task from the moment a worker receives it.
+        """
+        name, soft, hard = self._prepare(task, soft_time_limit, time_limit)
+        builder = Builder(self.app, name, default_queue=self.settings.default_queue,
+                                  soft_time_limit=soft, time_limit=hard, sent_event=sent_events)
+        items = list(kwargs_list)
+        messages = []
+        for kwargs, task_id in zip(items, uuid4_strings(len(items)), strict=True):
+            kwargs = dict(kwargs)
+            check_json(name, (), kwargs)
+            device = kwargs.get("device")
+            body = {**kwargs, RUN_KWARG: self.id, SCRIPT_KWARG: self.script}
+            messages.append(builder.build((), body, task_id=task_id,
+                                          device=str(device) if device else None))
+        try:
+            publish.publish(self.app, messages, chunk=chunk, broker=mask_url(self.settings.broker_url))
+        except PartialSubmit as exc:
+            queued = set(exc.queued)
+            self._track_published((m for m in messages if m.task_id in queued), soft, hard)
+            raise
+        self._track_published(messages, soft, hard)
+        return [m.task_id for m in messages]
+
+    def _track_published(self, messages: Iterable[TaskMessage],
+                         soft: float | None = None, hard: float | None = None,
+                         args: list[Any] | None = None) -> None:
+        now = datetime.now(timezone.utc)
+        for m in messages:
+            body = m.message[2][1]  # protocol 2 body: (args, kwargs, embed)
+            self._state.track(m.task_id, Call(m.name, args or [], body, m.queue, soft, hard),
+                              m.device, now)
+
+    def _send(self, name: str, args: list[Any], body: dict[str, Any], *, task_id: str,
+              queue: str | None, soft: float | None, hard: float | None,
+              device: str | None = None) -> TaskMessage:
+        """Build and publish one message (a submit, or a rerun to ``queue``).
+
+        Routing runs in the build: an unknown device is refused before any
+        publish.
+        """
+        message = build(
+            self.app, name, args, body, task_id=task_id, device=device,
+            default_queue=self.settings.default_queue, soft_time_limit=soft, time_limit=hard,
+            queue=queue)
+        try:
+            publish.publish(self.app, [message], broker=mask_url(self.settings.broker_url),
+                            wires=self._wires)
+        except PartialSubmit as exc:
+            maybe = " (it may have been queued)" if exc.uncertain else ""
+            raise BrokerUnavailable(
+                f"cannot submit {name} as task {task_id}{maybe}: Redis at "
+                f"{mask_url(self.settings.broker_url)} failed: {exc.__cause__}") from exc
+        return message
+
+    def _resend(self, task_id: str, call: Call) -> None:
+        """Send ``call`` again as ``task_id``, to the queue it went to."""
+        self._send(call.name, call.args, call.body, task_id=task_id, queue=call.queue,
+                   soft=call.soft, hard=call.hard)
+
+    def _prepare(self, task: Any, soft: float | None,
+                 hard: float | None) -> tuple[str, float | None, float | None]:
+        """The task's name and effective limits: the call's, else the run's,
+        else the task's own (decorator); refused when they cannot work."""
+        if self._state.cancelled:
+            raise SubmitError(f"run {self.id!r} is cancelled; submit to a new run")
+        name = task_name(self.app, task)
+        own = self.app.tasks[name]
+        soft = first(soft, self.soft_time_limit, own.soft_time_limit)
+        hard = first(hard, self.time_limit, own.time_limit)
+        check_limits(soft, hard, self.settings)
+        return name, soft, hard
+
+    def _is_device_task(self, name: str) -> bool:
+        return bool(getattr(self.app.tasks.get(name), "labq_device_task", False))
+
+    # -- gathering --------------------------------------------------------
+
+    @property
+    def outcomes(self) -> list[Outcome]:
+        """Every outcome so far, in submit order."""
+        return self._state.outcomes
+
+    @property
+    def reruns(self) -> dict[str, str]:
+        """Task id that replaced each one run again after its worker died."""
+        return self._state.reruns
+
+    def _pending(self) -> list[str]:
+        return self._state.pending()
+
+    def refresh(self) -> list[Outcome]:
+        """Read the state of every unfinished task; returns those that just finished."""
+        pending = self._pending()
+        if not pending:
+            return []
+        return self._read(pending)
+
+    def _read(self, ids: list[str]) -> list[Outcome]:
+        """Read the results and start records of ``ids`` (pending tasks) in one
+        round trip, then settle stopped tasks and dead workers; returns the
+        outcomes that just became final."""
+        done = []
+        metas: list[Any] = []
+        starts: list[Any] = []
+        if ids:
+            keys = [self.app.backend.get_key_for_task(t) for t in ids]
+
+            def read() -> list[Any]:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.mget(keys)
+                pipe.hmget(starts_key(self.id), ids)
+                return pipe.execute()  # type: ignore[no-any-return]
+
+            try:
+                # A Redis restart is waited out, up to LABQ_REDIS_RETRY_TIMEOUT.
+                metas, starts = retrying(read, timeout=self.settings.redis_retry_timeout)
+            except redis.RedisError as exc:
+                raise BrokerUnavailable(
+                    f"result backend {mask_url(self.settings.backend_url)}: {exc}") from exc
+        for task_id, raw, start in zip(ids, metas, starts, strict=True):
+            new = outcome_from_meta(self._state.outcome(task_id), json.loads(raw) if raw else None,
+                                    json.loads(start) if start else None)
+            self._state.update(new)
+            if new.status.final:
+                done.append(new)
+        fence_stopped(self._state, self.redis, done)
+        return done + check_workers(self._state, self.redis, self._watch, self.app.tasks,
+                                    self.settings.worker_ttl, self._resend)
+
+    def as_completed(self, timeout: float | None = None) -> Iterator[Outcome]:
+        """Yield each outcome as its task ends. At ``timeout`` the rest is
+        cancelled and :class:`RunTimeout` raised with every outcome."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._pending():
+            return
+        with Progress(self.id, total=len(self._state), enabled=self._progress_flag) as bar:
+            bar.advance([o for o in self.outcomes if o.status.final])
+            while True:
+                done = self._refresh_changed()
+                bar.advance(done)
+                yield from done
+                if not self._pending():
+                    break
+                self._streams.wait(bar, CHANGE_WAIT, len(self._pending()))
+                if deadline is not None and time.monotonic() > deadline and self._pending():
+                    bar.note(f"timeout after {timeout} s: cancelling {len(self._pending())} tasks")
+                    self.cancel()
+                    raise RunTimeout(
+                        f"run {self.id!r}: {len(self._pending()) or 'some'} tasks still "
+                        f"running after {timeout} s; cancelled", self.outcomes)
+            # Ends that came through the done stream were read together with
+            # every log line written before them: no further read is needed.
+            if not self._pushed_last or self._streams.log_backlog:
+                self._streams.drain_logs(bar)
+
+    def _refresh_changed(self) -> list[Outcome]:
+        """Read the results the done stream announced; every pending result
+        once each CHANGE_WAIT, for the ends that push nothing (hard kills,
+        revokes, a done stream trimmed behind the client)."""
+        pending = self._pending()
+        if not pending:
+            return []
+        now = time.monotonic()
+        if now - self._full_at >= CHANGE_WAIT:
+            self._full_at = now
+            ids = pending
+        else:
+            ids = [t for t in pending if t in self._streams.announced]
+        done = self._read(ids)
+        self._pushed_last = all(o.task_id in self._streams.announced for o in done)
+        self._streams.clear_announced()
+        return done
+
+    @property
+    def logs(self) -> bool:
+        """Whether the tasks' log lines are shown while waiting."""
+        return self._streams.logs
+
+    @logs.setter
+    def logs(self, value: bool) -> None:
+        self._streams.logs = value
+
+    def wait(self, timeout: float | None = None) -> list[Outcome]:
+        """Wait for every task; outcomes in submit order."""
+        for _ in self.as_completed(timeout=timeout):
+            pass
+        return self.outcomes
+
+    # -- cancelling -------------------------------------------------------
+
+    def cancel(self, grace: float | None = None) -> list[Outcome]:
+        """Stop the run: queued tasks never start, running ones get the soft
+        interrupt and, after ``grace`` seconds, the hard kill. A Ctrl-C
+        during the grace kills at once."""
+        grace = self.grace if grace is None else grace
+        cancel_run(self._state, self.redis, self.app.control, self.refresh, grace)
+        return self.outcomes
+
+    # -- reporting and context --------------------------------------------
+
+    def report(self, path: str | os.PathLike[str]) -> Path:
+        """Write a self-contained HTML report (timeline, summary, outputs)."""
+        from labq.client.report import write_report
+
+        self.refresh()
+        return write_report(Path(path), self.id, self.outcomes)
+
+    def close(self) -> None:
+        self.redis.close()
+        if self._own_app:
+            self.app.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+            else:
+                self.cancel()
+        finally:
+            self.close()

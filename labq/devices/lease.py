@@ -1,0 +1,334 @@
+"""Device leases in Redis: at most ``max_sessions`` holders per device.
+
+Every change runs in one Lua script, so a check and its write can never
+interleave with another worker's. Times come from Redis's own clock (``TIME``
+inside the scripts): workers' clocks may disagree, Redis's is the only one.
+
+The keys (a device's lease and wait sets, each holder's devices, the set of
+devices in use) are in :mod:`labq.keys`.
+
+Expired holders and waiters that stopped polling are purged by the next
+script that touches their device; every key also carries a PEXPIRE, so a
+device nobody touches again leaves nothing behind. The scripts derive the keys
+of other devices and holders from names, so they need a single (non-cluster)
+Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import redis
+
+from labq.devices import lease_scripts as scripts
+from labq.errors import BrokerUnavailable, DeviceBusy, LeaseError
+from labq.keys import DEVICES_KEY, PREFIX, RESERVED_SUFFIXES, held_key, lease_keys, waiting_key
+from labq.settings import mask_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The holder has the device until ``expires_at`` (epoch s, Redis clock)."""
+
+    device: str
+    holder: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Wait:
+    """The device is busy; the holder is waiter number ``position``.
+
+    ``waited`` is measured on Redis's clock. Pass ``waiting_since`` back as
+    ``acquire(since=...)`` after a long gap, to keep the place in line.
+    """
+
+    position: int
+    waiting_since: float
+    holders: list[str]
+    device: str = ""
+    waited: float = 0.0
+
+    def busy(self) -> DeviceBusy:
+        """The error to raise once the task's lease timeout has passed."""
+        return DeviceBusy(self.device, self.waited, self.holders)
+
+
+@dataclass(frozen=True)
+class Holder:
+    holder: str
+    task: str
+    worker: str
+    since: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Waiter:
+    holder: str
+    position: int
+    since: float
+
+
+@dataclass(frozen=True)
+class DeviceLeases:
+    device: str
+    holders: list[Holder] = field(default_factory=list)
+    waiters: list[Waiter] = field(default_factory=list)
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _check(kind: str, name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise LeaseError(f"{kind} name must be a non-empty string, got {name!r}")
+    if kind == "device" and name.endswith(RESERVED_SUFFIXES):
+        raise LeaseError(f"device name {name!r} ends in a reserved suffix {RESERVED_SUFFIXES}")
+
+
+def _ms(what: str, seconds: float) -> int:
+    ms = int(seconds * 1000)
+    if ms < 1:
+        raise LeaseError(f"{what} must be at least 0.001 s, got {seconds!r}")
+    return ms
+
+
+def masked_url(client: redis.Redis) -> str:
+    """The client's address, never with its password."""
+    kw = client.connection_pool.connection_kwargs
+    if kw.get("path"):
+        return f"unix://{kw['path']}"
+    # the password is never put in, so mask_url cannot miss any part of it
+    auth = f"{kw.get('username') or ''}:****@" if kw.get("password") else ""
+    return mask_url(f"redis://{auth}{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
+                    f"/{kw.get('db', 0)}")
+
+
+class Leases:
+    """Device leases on one Redis; safe to share between threads."""
+
+    def __init__(self, client: redis.Redis, *, ttl: float = 15.0,
+                 waiter_ttl: float = 15.0) -> None:
+        self.client = client
+        _ms("ttl", ttl), _ms("waiter_ttl", waiter_ttl)
+        self.ttl, self.waiter_ttl = ttl, waiter_ttl
+        self._acquire = client.register_script(scripts.ACQUIRE)
+        self._renew = client.register_script(scripts.RENEW)
+        self._release = client.register_script(scripts.RELEASE)
+        self._abandon = client.register_script(scripts.ABANDON)
+        self._release_all = client.register_script(scripts.RELEASE_ALL)
+        self._state = client.register_script(scripts.STATE)
+
+    def _argv(self, *args: object) -> list[object]:
+        return [PREFIX, int(self.waiter_ttl * 1000), *args]
+
+    def _run(self, script: Any, keys: Sequence[str], *args: object) -> Any:
+        try:
+            return script(keys=list(keys), args=self._argv(*args))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise BrokerUnavailable(
+                f"device leases: Redis at {masked_url(self.client)} unavailable: {exc}") from exc
+
+    def acquire(self, device: str, holder: str, max_sessions: int, *, task: str = "",
+                worker: str = "", ttl: float | None = None,
+                since: float | None = None) -> Grant | Wait:
+        """Take a lease on ``device`` if its turn has come, else join/refresh the line.
+
+        A holder that already holds ``device`` gets its lease renewed. ``since``
+        (epoch s) is the first-wait time to use if ``holder`` is not in line.
+        """
+        keys, args = self._acquire_input(device, holder, max_sessions, task=task,
+                                         worker=worker, ttl=ttl, since=since)
+        return self.acquire_answer(device, holder, self._run(self._acquire, keys, *args))
+
+    def queue_acquire(self, pipe: Any, device: str, holder: str, max_sessions: int, *,
+                      task: str = "", worker: str = "") -> None:
+        """Queue :meth:`acquire` as a bare ``EVALSHA`` on another client's ``pipe``
+        (same Redis), to save a round trip; read its reply with
+        :meth:`acquire_answer`. The reply is ``NoScriptError`` until this
+        process has run the script once on that Redis: then call ``acquire``.
+        """
+        keys, args = self._acquire_input(device, holder, max_sessions, task=task, worker=worker)
+        pipe.evalsha(self._acquire.sha, len(keys), *keys, *self._argv(*args))
+
+    def acquire_answer(self, device: str, holder: str, reply: Any) -> Grant | Wait:
+        """The :class:`Grant` or :class:`Wait` that an acquire's ``reply`` means."""
+        if int(reply[0]) == 1:
+            return Grant(device, holder, int(reply[1]) / 1000)
+        first, now = float(_s(reply[2])), int(reply[3])
+        return Wait(position=int(reply[1]), waiting_since=first / 1000,
+                    holders=[_s(h) for h in reply[4]], device=device,
+                    waited=max(0.0, (now - first) / 1000))
+
+    def _acquire_input(self, device: str, holder: str, max_sessions: int, *, task: str,
+                       worker: str, ttl: float | None = None,
+                       since: float | None = None) -> tuple[list[str], list[object]]:
+        _check("device", device)
+        _check("holder", holder)
+        if not isinstance(max_sessions, int) or max_sessions < 1:
+            raise LeaseError(f"max_sessions of {device!r} must be >= 1, got {max_sessions!r}")
+        ttl_ms = _ms("ttl", self.ttl if ttl is None else ttl)
+        since_ms = int(since * 1000) if since else 0
+        keys = [*lease_keys(device), held_key(holder), waiting_key(holder), DEVICES_KEY]
+        return keys, [device, holder, max_sessions, ttl_ms, task, worker, since_ms]
+
+    def renew(self, device: str, holder: str, *, ttl: float | None = None) -> bool:
+        """Extend the lease by ``ttl``; False if it was lost (expired or released)."""
+        ttl_ms = _ms("ttl", self.ttl if ttl is None else ttl)
+        keys = [*lease_keys(device), held_key(holder)]
+        return int(self._run(self._renew, keys, device, holder, ttl_ms)) > 0
+
+    def release(self, device: str, holder: str) -> bool:
+        """Give ``device`` back (and leave its line); False if not held any more."""
+        return int(self._run(self._release, self._release_keys(device, holder),
+                             device, holder)) == 1
+
+    def queue_release(self, pipe: Any, device: str, holder: str) -> None:
+        """Queue :meth:`release` as a bare ``EVALSHA`` on another client's
+        ``pipe`` (same Redis); a ``NoScriptError`` reply means: call ``release``."""
+        keys = self._release_keys(device, holder)
+        pipe.evalsha(self._release.sha, len(keys), *keys, *self._argv(device, holder))
+
+    @staticmethod
+    def _release_keys(device: str, holder: str) -> list[str]:
+        return [*lease_keys(device), held_key(holder), waiting_key(holder), DEVICES_KEY]
+
+    def release_all(self, holder: str) -> list[str]:
+        """Release everything ``holder`` holds and leave every line; the devices released."""
+        _check("holder", holder)
+        reply = self._run(self._release_all, [held_key(holder), waiting_key(holder),
+                                              DEVICES_KEY], holder)
+        return sorted(_s(d) for d in reply)
+
+    def abandon_wait(self, device: str, holder: str) -> bool:
+        """Leave the line for ``device``; False if ``holder`` was not in it."""
+        keys = [*lease_keys(device), waiting_key(holder), DEVICES_KEY]
+        return int(self._run(self._abandon, keys, device, holder)) == 1
+
+    def holders(self, device: str) -> list[Holder]:
+        found = self._states(device)
+        return found[0].holders if found else []
+
+    def waiters(self, device: str) -> list[Waiter]:
+        found = self._states(device)
+        return found[0].waiters if found else []
+
+    def snapshot(self) -> list[DeviceLeases]:
+        """Every device with a holder or a waiter, by name: for ``labq devices``."""
+        return sorted(self._states(""), key=lambda d: d.device)
+
+    def _states(self, device: str) -> list[DeviceLeases]:
+        keys = [DEVICES_KEY, *lease_keys(device)] if device else [DEVICES_KEY]
+        out = []
+        for name, flat_h, infos, flat_w in self._run(self._state, keys, device):
+            holders = []
+            for i in range(0, len(flat_h), 2):
+                info = json.loads(_s(infos[i // 2])) if infos[i // 2] else {}
+                holders.append(Holder(_s(flat_h[i]), str(info.get("task", "")),
+                                      str(info.get("worker", "")), float(info.get("since", 0)),
+                                      float(_s(flat_h[i + 1])) / 1000))
+            waiters = [Waiter(_s(flat_w[i]), i // 2 + 1, float(_s(flat_w[i + 1])) / 1000)
+                       for i in range(0, len(flat_w), 2)]
+            out.append(DeviceLeases(_s(name), holders, waiters))
+        return out
+
+
+class Renewer:
+    """Renew ``grant`` every ttl/3 until the block exits.
+
+    Every Renewer of a process is served by one daemon thread
+    (:class:`_RenewalThread`), started on first use: a task does not pay
+    for starting and joining a thread of its own. The thread dies with its
+    process, so a killed holder stops renewing and its lease expires by TTL.
+    When a renewal finds the lease gone, ``lost`` is set and a warning
+    logged; renewals never raise.
+    """
+
+    def __init__(self, leases: Leases, grant: Grant, *, ttl: float | None = None) -> None:
+        self.leases = leases
+        self.grant = grant
+        self.ttl = leases.ttl if ttl is None else ttl
+        self.lost = False
+        self._active = False
+
+    def __enter__(self) -> Renewer:
+        self._active = True
+        _RenewalThread.get().add(self)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._active = False  # a renewal still in flight now goes unreported
+        _RenewalThread.get().remove(self)
+
+    def renew(self) -> bool:
+        """Renew once; False once the lease is known lost (then stop renewing)."""
+        g = self.grant
+        try:
+            alive = self.leases.renew(g.device, g.holder, ttl=self.ttl)
+        except Exception as exc:  # transient: the lease may still be alive, retry
+            log.warning("lease on %s for %s: renewal failed: %s", g.device, g.holder, exc)
+            return True
+        if not alive and self._active:
+            self.lost = True
+            log.warning("lease on %s for %s was lost (expired or released)", g.device, g.holder)
+        return alive
+
+
+class _RenewalThread:
+    """The one thread of a process that renews its leases, each every ttl/3."""
+
+    _instance: tuple[int, _RenewalThread] | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def get(cls) -> _RenewalThread:
+        with cls._lock:  # a forked child starts its own thread
+            if cls._instance is None or cls._instance[0] != os.getpid():
+                cls._instance = (os.getpid(), cls())
+            return cls._instance[1]
+
+    def __init__(self) -> None:
+        self._due: dict[Renewer, float] = {}
+        self._wake = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="lease-renewer")
+        self._thread.start()
+
+    def add(self, renewer: Renewer) -> None:
+        with self._wake:
+            at = time.monotonic() + renewer.ttl / 3
+            # The thread sleeps until the earliest renewal: wake it only when
+            # this one comes sooner (every task of a process would otherwise).
+            if not self._due or at < min(self._due.values()):
+                self._wake.notify()
+            self._due[renewer] = at
+
+    def remove(self, renewer: Renewer) -> None:
+        with self._wake:
+            self._due.pop(renewer, None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                now = time.monotonic()
+                due = [r for r, at in self._due.items() if at <= now]
+                if not due:
+                    self._wake.wait(min(self._due.values(), default=now + 60) - now)
+                    continue
+                for r in due:
+                    self._due[r] = now + r.ttl / 3
+            for r in due:  # outside the lock: a slow Redis must not block add/remove
+                if not r.renew():
+                    self.remove(r)

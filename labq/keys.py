@@ -1,0 +1,148 @@
+"""Every name labq writes into Redis, in one table.
+
+``{run}`` is a run id, ``{d}`` a device name, ``{h}`` a lease holder (normally
+a Celery task id), ``{w}`` a worker's hostname (``name@host``).
+
+==============================  ======  =====================================  ==========================
+key                             type    holds                                  expires
+==============================  ======  =====================================  ==========================
+``labq:run:{run}:cancelled``    STRING  ``1`` once the run is cancelled        ``RUN_TTL``
+``labq:run:{run}:started``      HASH    task id -> JSON start record           ``RUN_TTL``
+                                        (at, worker, slot, pid)
+``labq:run:{run}:fenced``       HASH    task id -> worker (or ``stopped``):    ``RUN_TTL``
+                                        ids that must never run again
+``labq:run:{run}:done``         STREAM  task id and state, one entry per end   ``RUN_TTL``; trimmed to
+                                                                               ``DONE_STREAM_MAXLEN``
+``labq:run:{run}:log``          STREAM  the tasks' log records                 never; trimmed to
+                                                                               ``LOG_STREAM_MAXLEN``
+``labq:lease:{d}``              ZSET    holder -> lease expiry (ms)            at its last holder's expiry
+``labq:lease:{d}:info``         HASH    holder -> JSON {task, worker, since}   with ``labq:lease:{d}``
+``labq:wait:{d}``               ZSET    waiter -> first-wait time (ms), FIFO   waiter TTL (15 s), kept
+                                                                               alive by polls
+``labq:wait:{d}:seen``          HASH    waiter -> last poll (ms)               with ``labq:wait:{d}``
+``labq:held:{h}``               SET     devices ``{h}`` holds                  lease TTL, renewed with
+                                                                               the leases
+``labq:waiting:{h}``            SET     devices ``{h}`` waits for              waiter TTL
+``labq:devices``                SET     devices with any lease or waiter       none: members leave with
+                                                                               their last lease or wait
+``labq:waitsince:{h}``          STRING  a retried waiter's first-wait time     lease timeout + 60 s
+``labq:worker:{w}``             HASH    a worker's heartbeat (host, pid,       ``worker_ttl``
+                                        queues, pool size, busy, times)
+==============================  ======  =====================================  ==========================
+
+The lease scripts (:mod:`labq.devices.lease_scripts`) derive the keys of other
+devices and holders inside Redis, from :data:`PREFIX` and the suffixes below
+(``lease:``, ``wait:``, ``held:``, ``waiting:``, ``devices``), so leases need a
+single, non-cluster Redis. ``tests/unit/test_keys.py`` holds the two spellings
+together and keeps every ``"labq:`` literal in this module.
+
+Celery and kombu own the other keys labq reads: results
+(:data:`RESULT_PREFIX`), queues and their bindings (:data:`BINDING_PREFIX`),
+and the unacknowledged messages (:data:`UNACKED_KEY`).
+"""
+
+from __future__ import annotations
+
+#: Every labq key starts with this; the lease scripts take it as ``ARGV[1]``.
+PREFIX = "labq:"
+
+#: How long a run's bookkeeping (cancel flag, starts, fences, done stream) stays.
+RUN_TTL = 7 * 24 * 3600
+#: Entries kept in a run's log stream.
+LOG_STREAM_MAXLEN = 10000
+#: Entries kept in a run's done stream; a client more than this far behind
+#: still finds every result by its fallback read.
+DONE_STREAM_MAXLEN = 100000
+
+# -- reserved keyword arguments of task messages -----------------------------
+# They travel in every task of a run (Flower filters on kwargs:labq_run=<id>)
+# and are taken off before the task body runs.
+
+#: The run a task belongs to.
+RUN_KWARG = "labq_run"
+#: The testscript that submitted it.
+SCRIPT_KWARG = "labq_script"
+
+
+# -- runs ---------------------------------------------------------------------
+
+def run_key(run_id: str, part: str) -> str:
+    return f"{PREFIX}run:{run_id}:{part}"
+
+
+def cancel_key(run_id: str) -> str:
+    """Set once the run is cancelled: queued tasks check it before they start."""
+    return run_key(run_id, "cancelled")
+
+
+def starts_key(run_id: str) -> str:
+    """Each task's start record: when, which worker and prefork slot."""
+    return run_key(run_id, "started")
+
+
+def fenced_key(run_id: str) -> str:
+    """Task ids declared lost with a dead worker, or stopped from outside: they must never run."""
+    return run_key(run_id, "fenced")
+
+
+def log_key(run_id: str) -> str:
+    """The run's tasks' log records, read by the testscript while it waits."""
+    return run_key(run_id, "log")
+
+
+def done_key(run_id: str) -> str:
+    """The run's task ids, each added once its result is stored: the client
+    blocks on this stream instead of polling every result key."""
+    return run_key(run_id, "done")
+
+
+# -- device leases ------------------------------------------------------------
+
+#: Devices with any lease or waiter, for ``labq devices`` and ``labq status``.
+DEVICES_KEY = PREFIX + "devices"
+#: Suffixes of a device's info and seen hashes; a device name must not end in one.
+RESERVED_SUFFIXES = (":info", ":seen")
+
+
+def lease_keys(device: str) -> tuple[str, str, str, str]:
+    """The (lease, info, wait, seen) keys of ``device``."""
+    return (f"{PREFIX}lease:{device}", f"{PREFIX}lease:{device}:info",
+            f"{PREFIX}wait:{device}", f"{PREFIX}wait:{device}:seen")
+
+
+def held_key(holder: str) -> str:
+    """The devices ``holder`` holds, for ``release_all``."""
+    return f"{PREFIX}held:{holder}"
+
+
+def waiting_key(holder: str) -> str:
+    """The devices ``holder`` waits for, for ``release_all``."""
+    return f"{PREFIX}waiting:{holder}"
+
+
+def wait_since_key(holder: str) -> str:
+    """A waiter's first-wait time, kept across the retries that give its slot back."""
+    return f"{PREFIX}waitsince:{holder}"
+
+
+# -- workers ------------------------------------------------------------------
+
+#: Prefix of the heartbeat hashes; ``SCAN`` with ``WORKER_PREFIX*`` finds them all.
+WORKER_PREFIX = PREFIX + "worker:"
+
+
+def worker_key(hostname: str) -> str:
+    """One worker's heartbeat."""
+    return f"{WORKER_PREFIX}{hostname}"
+
+
+# -- Celery's and kombu's own keys that labq reads ---------------------------
+
+#: A task's result (Celery's Redis backend; labq's backend writes the same key).
+RESULT_PREFIX = "celery-task-meta-"
+#: kombu's binding table of each exchange: the queues it routes to.
+BINDING_PREFIX = "_kombu.binding."
+#: kombu's hash of the messages workers have taken and not yet acknowledged.
+UNACKED_KEY = "unacked"
+#: kombu's sorted set of those messages by the time they were taken.
+UNACKED_INDEX_KEY = "unacked_index"

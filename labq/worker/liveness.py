@@ -1,0 +1,210 @@
+"""Worker heartbeats in Redis: who is alive, and self-fencing without Redis.
+
+Every worker's main process writes ``labq:worker:{hostname}``, a hash that
+expires after ``worker_ttl`` seconds, every ``worker_ttl / 5`` seconds. A
+run that finds the key of the worker running one of its tasks gone declares
+that worker dead (labq.client.dead_workers). Celery's own answer, the broker's
+visibility timeout, would leave the task unacknowledged for an hour.
+
+A run declares a worker dead once its key has been missing for another
+``worker_ttl / 2`` (``FENCE_AFTER`` below is shorter than both together).
+The worker fences itself in turn: once it has gone ``0.8 * worker_ttl``
+without a successful write, it kills its running tasks. A host cut off from
+Redis has so stopped touching its devices before any client can declare it
+dead and run its idempotent tasks again elsewhere, while a Redis restart of
+a few seconds costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from labq.keys import WORKER_PREFIX, worker_key
+from labq.redis_client import connect
+from labq.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Fraction of the TTL without a successful heartbeat after which a worker
+#: kills its running tasks.
+FENCE_AFTER = 0.8
+
+
+@dataclass(frozen=True)
+class WorkerBeat:
+    """The last heartbeat of one worker, as ``labq status`` shows it."""
+
+    hostname: str
+    host: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+    busy: int
+    started_at: float
+    beat_at: float
+
+    @classmethod
+    def from_hash(cls, hostname: str, raw: dict[bytes, bytes]) -> WorkerBeat:
+        def get(field: str, default: str = "") -> str:
+            return raw.get(field.encode(), default.encode()).decode()
+
+        return cls(
+            hostname=hostname, host=get("host"), pid=int(get("pid", "0")),
+            queues=tuple(q for q in get("queues").split(",") if q),
+            concurrency=int(get("concurrency", "0")), busy=int(get("busy", "0")),
+            started_at=float(get("started_at", "0")), beat_at=float(get("beat_at", "0")),
+        )
+
+
+def read_workers(client: redis.Redis) -> list[WorkerBeat]:
+    """Every worker whose heartbeat has not expired, by hostname."""
+    keys = sorted(k.decode() for k in client.scan_iter(match=f"{WORKER_PREFIX}*", count=500))
+    if not keys:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hgetall(key)
+    beats = []
+    for key, raw in zip(keys, pipe.execute(), strict=True):
+        if raw:  # expired between the scan and the read
+            beats.append(WorkerBeat.from_hash(key[len(WORKER_PREFIX):], raw))
+    return beats
+
+
+def alive(client: redis.Redis, hostnames: Iterable[str]) -> dict[str, bool]:
+    """Whether each worker's heartbeat is current."""
+    names = sorted(set(hostnames))
+    if not names:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.exists(worker_key(name))
+    return {name: bool(n) for name, n in zip(names, pipe.execute(), strict=True)}
+
+
+class WorkerWatch:
+    """A client's view of the workers that run its tasks: which are dead.
+
+    Checks at most every ``interval`` seconds. A worker is dead once its key
+    has been seen missing for ``ttl / 2``: a heartbeat lost with a restarted
+    Redis comes back within one beat, and must not cost its tasks.
+    """
+
+    def __init__(self, client: redis.Redis, ttl: float, interval: float = 1.0) -> None:
+        self.client = client
+        self.confirm = ttl / 2
+        self.interval = interval
+        self._next = 0.0
+        self._missing_since: dict[str, float] = {}
+
+    def dead(self, running: dict[str, str]) -> dict[str, str]:
+        """Of ``running`` (task id -> worker), the tasks whose worker is dead."""
+        now = time.monotonic()
+        if not running or now < self._next:
+            return {}
+        self._next = now + self.interval
+        try:
+            up = alive(self.client, running.values())
+        except redis.RedisError:
+            return {}  # Redis itself is away: nothing can be told about workers
+        for worker, ok in up.items():
+            if ok:
+                self._missing_since.pop(worker, None)
+            else:
+                self._missing_since.setdefault(worker, now)
+        return {t: w for t, w in running.items()
+                if not up[w] and now - self._missing_since[w] >= self.confirm}
+
+
+class Heartbeat:
+    """Write this worker's heartbeat from a daemon thread; fence when Redis is gone.
+
+    ``info`` is called for each beat and returns the live fields
+    (``queues``, ``concurrency``, ``busy``). ``fence`` kills the running
+    tasks and returns how many; it is called once per outage.
+    """
+
+    def __init__(self, url: str, hostname: str, ttl: float, *,
+                 info: Callable[[], dict[str, Any]], fence: Callable[[], int],
+                 settings: Settings | None = None) -> None:
+        self.hostname = hostname
+        self.ttl = ttl
+        self.interval = ttl / 5
+        self.info = info
+        self.fence = fence
+        # Short timeouts: a write blocked on a dead link must not delay the fence.
+        self.client = connect(url, settings or Settings(), socket_timeout=self.interval,
+                              socket_connect_timeout=self.interval)
+        self.started_at = time.time()
+        self.last_ok = time.monotonic()
+        self.fenced = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name=f"labq-heartbeat-{hostname}")
+
+    def start(self) -> Heartbeat:
+        if not self._thread.is_alive():
+            self.beat()
+            self._thread.start()
+        return self
+
+    def stop(self, remove: bool = True) -> None:
+        """Stop beating; with ``remove``, say so at once instead of expiring."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval * 2)
+        if remove:
+            try:
+                self.client.delete(worker_key(self.hostname))
+            except redis.RedisError as exc:
+                log.warning("heartbeat of %s not removed (%s); it expires in %.0f s",
+                            self.hostname, exc, self.ttl)
+
+    def beat(self) -> bool:
+        """Write one heartbeat; true when Redis took it."""
+        try:
+            fields = self.info()
+            mapping: dict[Any, str | int | float] = {
+                "host": socket.gethostname(), "pid": os.getpid(),
+                "queues": ",".join(fields.get("queues", ())),
+                "concurrency": int(fields.get("concurrency", 0)),
+                "busy": int(fields.get("busy", 0)),
+                "started_at": self.started_at, "beat_at": time.time(),
+            }
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(worker_key(self.hostname), mapping=mapping)
+            pipe.pexpire(worker_key(self.hostname), int(self.ttl * 1000))
+            pipe.execute()
+        except Exception as exc:  # never let the thread die: it also fences
+            log.debug("heartbeat of %s failed: %s", self.hostname, exc)
+            return False
+        self.last_ok = time.monotonic()
+        if self.fenced:
+            log.warning("worker %s reaches Redis again; serving", self.hostname)
+        self.fenced = False
+        return True
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self.beat() or self.fenced:
+                continue
+            silent = time.monotonic() - self.last_ok
+            if silent >= self.ttl * FENCE_AFTER:
+                self.fenced = True
+                try:
+                    killed = self.fence()
+                except Exception:
+                    log.exception("worker %s could not fence its tasks", self.hostname)
+                    continue
+                log.error("worker %s has not reached Redis for %.1f s: killed its %d "
+                          "running tasks before they are declared lost", self.hostname,
+                          silent, killed)
