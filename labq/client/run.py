@@ -87,8 +87,7 @@ class Run:
         self._wires: dict[Any, Any] = {}
         self.redis = connect(self.settings.backend_url, self.settings, socket_timeout=10,
                              socket_connect_timeout=5)
-        self._watch = WorkerWatch(self.redis, self.settings.worker_ttl,
-                                           LIVENESS_INTERVAL)
+        self._watch = WorkerWatch(self.redis, self.settings.worker_ttl, LIVENESS_INTERVAL)
         self._streams = RunStreams(self.redis, self.id, logs)
         try:
             self.redis.ping()
@@ -133,7 +132,7 @@ class Run:
         """
         name, soft, hard = self._prepare(task, soft_time_limit, time_limit)
         builder = Builder(self.app, name, default_queue=self.settings.default_queue,
-                                  soft_time_limit=soft, time_limit=hard, sent_event=sent_events)
+                          soft_time_limit=soft, time_limit=hard, sent_event=sent_events)
         items = list(kwargs_list)
         messages = []
         for kwargs, task_id in zip(items, uuid4_strings(len(items)), strict=True):

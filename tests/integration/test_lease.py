@@ -17,6 +17,7 @@ from labq.devices.lease import Grant, Leases, Renewer, Wait
 from labq.embedded.ports import free_port
 from labq.embedded.redis_server import RedisServer
 from labq.errors import BrokerUnavailable, DeviceBusy, LeaseError
+from labq.keys import DEVICES_KEY, held_key, lease_keys, waiting_key
 
 
 def grant(result: Grant | Wait) -> Grant:
@@ -303,3 +304,24 @@ def test_acquire_and_release_ride_on_another_clients_pipeline(
     assert pipe.execute() == [1]
     assert leases.holders("r7") == [] and leases.waiters("r7") == []
     other.close()
+
+
+def test_the_lease_scripts_write_exactly_the_keys_labq_keys_names(
+        redis_client: redis.Redis) -> None:
+    # The Lua scripts derive key names from the prefix on their own; they
+    # must spell them as labq.keys does, for every device and holder name.
+    leases = Leases(redis_client)
+    devices = ["r1", "spine-2.lab", "dev:with:colons"]
+    for device in devices:
+        grant(leases.acquire(device, f"holder-{device}", 1, task="t", worker="w"))
+        wait(leases.acquire(device, f"waiter-{device}", 1))
+    expected = {DEVICES_KEY}
+    for device in devices:
+        expected |= set(lease_keys(device))
+        expected |= {held_key(f"holder-{device}"), waiting_key(f"waiter-{device}")}
+    written = {k.decode() for k in redis_client.scan_iter(match="labq:*")}
+    assert written == expected
+    for device in devices:
+        leases.release(device, f"holder-{device}")
+        leases.abandon_wait(device, f"waiter-{device}")
+    assert {k.decode() for k in redis_client.scan_iter(match="labq:*")} == set()

@@ -72,8 +72,8 @@ def test_a_batch_message_is_the_envelope_send_task_publishes(app: LabqCelery) ->
     client.delete(queue)
     try:
         msg = messages.build(app, diag.echo.name, (), {"value": 1}, task_id="batch-id",
-                                 device=None, default_queue="labq", soft_time_limit=5,
-                                 time_limit=10, queue=queue)
+                             device=None, default_queue="labq", soft_time_limit=5,
+                             time_limit=10, queue=queue)
         with app.producer_or_acquire() as producer:
             assert publish.wire_for(app, producer, [msg]) is not None  # the raw path runs
         publish.publish(app, [msg])
@@ -125,8 +125,8 @@ def test_the_raw_path_writes_kombus_bytes_and_events(lone_app: LabqCelery,
 
     def one(raw: bool) -> messages.TaskMessage:
         m = messages.build(app, diag.echo.name, (), {"value": "ä", "n": [1, 2.5, None]},
-                          task_id="same-id", device=None, default_queue="labq",
-                          soft_time_limit=5, time_limit=10, queue=queue)
+                           task_id="same-id", device=None, default_queue="labq",
+                           soft_time_limit=5, time_limit=10, queue=queue)
         if priority is not None:
             m = dataclasses.replace(m, options={**m.options, "priority": priority})
         return m
