@@ -38,7 +38,10 @@ def where(d: dict[str, Any]) -> str:
     commit = (src.get("commit") or "")[:7]
     dirty = " (labq/ or tasks/ modified)" if src.get("labq_modified") else ""
     load = d.get("loadavg_end") or (d.get("loadavg") or {}).get("end")
-    load_s = f", load average at the end {load[0]:.1f}" if load else ""
+    start = (d.get("loadavg") or {}).get("start")
+    load_s = (f", load average at the start {start[0]:.1f}" if start else "") + (
+        f", at the end {load[0]:.1f}" if start and load else
+        f", load average at the end {load[0]:.1f}" if load else "")
     return (f"*Machine: nproc {m.get('nproc')}, {m.get('memory_total_gib')} GiB, "
             f"{m.get('cpu_model') or 'CPU model unknown'}, Python {m.get('python')}; "
             f"run {d.get('date', '?')} on commit {commit or '?'}{dirty}{load_s}.*\n"

@@ -33,8 +33,9 @@ key                             type    holds                                  e
 The lease scripts (:mod:`labq.devices.lease_scripts`) derive the keys of other
 devices and holders inside Redis, from :data:`PREFIX` and the suffixes below
 (``lease:``, ``wait:``, ``held:``, ``waiting:``, ``devices``), so leases need a
-single, non-cluster Redis. ``tests/unit/test_keys.py`` holds the two spellings
-together and keeps every ``"labq:`` literal in this module.
+single, non-cluster Redis. ``tests/integration/test_lease.py`` holds the two
+spellings together, and ``tests/unit/test_layout.py`` keeps every key literal
+of labq's in this module.
 
 Celery and kombu own the other keys labq reads: results
 (:data:`RESULT_PREFIX`), queues and their bindings (:data:`BINDING_PREFIX`),
