@@ -20,6 +20,7 @@ from labq.errors import (
     LeaseError,
     PartialSubmit,
     RunError,
+    RunInterrupted,
     RunTimeout,
     SimLabError,
     SoftTimeout,
@@ -30,6 +31,7 @@ from labq.errors import (
     TestbedError,
     TimeLimitError,
     UnknownDevice,
+    UnknownRun,
 )
 from labq.outcome import Outcome, RemoteError, Status
 from labq.settings import Settings
@@ -61,6 +63,8 @@ __all__ = [
     "RunError",
     "TaskFailed",
     "RunTimeout",
+    "RunInterrupted",
+    "UnknownRun",
     "TaskCancelled",
     "SoftTimeout",
     "DeviceError",

@@ -249,6 +249,49 @@ def status(ctx: Context, broker: str | None, as_json: bool) -> None:
         print_status(report)
 
 
+@main.command()
+@click.argument("run_id", metavar="RUN_ID_OR_PREFIX")
+@_option("--grace", envvar="LABQ_CANCEL_GRACE", type=float, default=None,
+         help="Seconds running tasks get after the soft interrupt before the kill.  "
+              "[default: from settings]")
+@_option("--broker", envvar="LABQ_BROKER_URL", default=None,
+         help="Redis URL of the lab.  [default: from settings]")
+@pass_ctx
+def cancel(ctx: Context, run_id: str, grace: float | None, broker: str | None) -> None:
+    """Cancel a run from another shell, as Run.cancel does.
+
+    Queued tasks never start, running ones get the soft interrupt, then the
+    hard kill after the grace. RUN_ID_OR_PREFIX is the id a run prints when it
+    starts, or enough of its start to name one run.
+    """
+    from labq.app import create_app
+    from labq.client.cancel import cancel_by_id
+    from labq.client.run_info import find
+    from labq.errors import UnknownRun
+    from labq.redis_client import connect
+
+    settings = ctx.settings(broker_url=broker, cancel_grace=grace)
+    client = connect(settings.backend_url, settings, socket_timeout=10, socket_connect_timeout=5)
+    app = create_app(settings)
+    try:
+        runs = find(client, run_id)
+        if not runs:
+            raise UnknownRun(f"no run's id starts with {run_id!r} in the last 7 days")
+        if len(runs) > 1:
+            names = ", ".join(r.id for r in runs[:5]) + (" ..." if len(runs) > 5 else "")
+            raise UnknownRun(f"{len(runs)} runs' ids start with {run_id!r}: {names}; "
+                             "give more of the id")
+        run = runs[0]
+        click.echo(f"cancelling run {run.id} ({run.script} on {run.host}, pid {run.pid}) ...")
+        done = cancel_by_id(client, app.control, run, settings.cancel_grace)
+    finally:
+        app.close()
+        client.close()
+    click.echo(f"cancelled run {done.run_id}: {done.dropped} queued dropped, "
+               f"{done.interrupted} running interrupted, {done.killed} killed after "
+               f"{settings.cancel_grace:g} s")
+
+
 main.add_command(sim_command)
 
 

@@ -21,9 +21,13 @@
     │   └── PartialSubmit
     ├── TaskCancelled           raised in a task whose run was cancelled
     ├── SoftTimeout             raised in a device task at its soft limit
+    ├── UnknownRun              no run, or more than one, has that id (prefix)
     └── RunError                what a run raises to the testscript (``outcomes``)
         ├── TaskFailed          a pcall call failed
         └── RunTimeout          a run or pcall reached its timeout
+
+    RunInterrupted              not an error: a run stopped by Ctrl-C or SIGTERM
+                                (a SystemExit and a KeyboardInterrupt)
 
 Each class says when it is raised. Messages carry the offending value, so a
 log line alone tells what was wrong. Errors from redis, kombu and celery are
@@ -223,6 +227,10 @@ class SoftTimeout(LabqError):
     def __str__(self) -> str:
         return str(self.args[0])
 
+    def __repr__(self) -> str:
+        # Flower and the worker log show repr(): the message, not the partial output.
+        return f"SoftTimeout({self.args[0]!r})"
+
 
 class SubmitError(LabqError):
     """A task could not be submitted: an argument that is not JSON, a task
@@ -245,6 +253,12 @@ class PartialSubmit(SubmitError, BrokerUnavailable):
         self.queued = list(queued)
         self.uncertain = list(uncertain)
         self.unsent = list(unsent)
+
+
+class UnknownRun(LabqError):
+    """``labq cancel`` (or another lookup by run id) found no run whose id
+    starts with the given text, or more than one. The message names the
+    text and the candidates."""
 
 
 class RunError(LabqError):
@@ -272,3 +286,19 @@ class TaskFailed(RunError):
 class RunTimeout(RunError):
     """A run or :func:`labq.pcall` reached its timeout. What still ran was
     cancelled; ``outcomes`` holds what finished and the cancelled rest."""
+
+
+class RunInterrupted(SystemExit, KeyboardInterrupt):
+    """A run (or :func:`labq.pcall`) stopped by Ctrl-C or SIGTERM, after it
+    cancelled its tasks and printed what finished.
+
+    Not under :class:`LabqError` on purpose: ``except Exception`` must not
+    swallow a Ctrl-C. As a ``SystemExit`` it ends a testscript with
+    ``code`` (130 for Ctrl-C, 143 for SIGTERM) and no traceback; as a
+    ``KeyboardInterrupt`` it still stops pytest and any ``except
+    KeyboardInterrupt`` around the run. ``outcomes`` holds every outcome.
+    """
+
+    def __init__(self, code: int, outcomes: Sequence[Outcome] = ()) -> None:
+        super().__init__(code)
+        self.outcomes = list(outcomes)

@@ -15,6 +15,9 @@ key                             type    holds                                  e
                                                                                ``DONE_STREAM_MAXLEN``
 ``labq:run:{run}:log``          STREAM  the tasks' log records                 never; trimmed to
                                                                                ``LOG_STREAM_MAXLEN``
+``labq:run:{run}:info``         HASH    the run's name, testscript, host,      ``RUN_TTL``
+                                        pid, start time and queues, to find it
+                                        by id prefix (``labq cancel``)
 ``labq:lease:{d}``              ZSET    holder -> lease expiry (ms)            at its last holder's expiry
 ``labq:lease:{d}:info``         HASH    holder -> JSON {task, worker, since}   with ``labq:lease:{d}``
 ``labq:wait:{d}``               ZSET    waiter -> first-wait time (ms), FIFO   waiter TTL (15 s), kept
@@ -84,6 +87,22 @@ def starts_key(run_id: str) -> str:
 def fenced_key(run_id: str) -> str:
     """Task ids declared lost with a dead worker, or stopped from outside: they must never run."""
     return run_key(run_id, "fenced")
+
+
+def info_key(run_id: str) -> str:
+    """What a run is and where its tasks went, for ``labq cancel`` from another shell."""
+    return run_key(run_id, "info")
+
+
+def info_pattern(prefix: str) -> str:
+    """A ``SCAN`` pattern for the info keys of the runs whose id starts with ``prefix``."""
+    escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix)
+    return run_key(f"{escaped}*", "info")
+
+
+def run_of_info_key(key: str) -> str:
+    """The run id in an info key (``labq:run:<id>:info``)."""
+    return key.removeprefix(f"{PREFIX}run:").removesuffix(":info")
 
 
 def log_key(run_id: str) -> str:

@@ -82,6 +82,8 @@ _SOFT = {"SoftTimeLimitExceeded", "SoftTimeout"}
 _HARD = {"TimeLimitExceeded"}
 _CANCELLED = {"TaskCancelled", "TaskRevokedError", "Terminated"}
 _LOST = {"WorkerLostError"}
+#: Errors whose first argument is the whole message and the rest data.
+_MESSAGE_FIRST = {"SoftTimeout"}
 
 
 def status_of(meta: dict[str, Any]) -> Status:
@@ -113,7 +115,9 @@ def error_of(meta: dict[str, Any]) -> RemoteError | None:
     result = meta.get("result")
     if isinstance(result, dict) and "exc_type" in result:
         msg = result.get("exc_message")
-        if isinstance(msg, (list, tuple)):
+        if isinstance(msg, (list, tuple)) and msg and result["exc_type"] in _MESSAGE_FIRST:
+            msg = str(msg[0])  # the rest is data (a soft timeout's partial output)
+        elif isinstance(msg, (list, tuple)):
             msg = " ".join(str(m) for m in msg) if len(msg) != 1 else str(msg[0])
         return RemoteError(str(result["exc_type"]), str(msg or ""), meta.get("traceback") or "")
     return RemoteError("Revoked" if meta.get("status") == "REVOKED" else "Error", str(result))

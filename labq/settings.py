@@ -65,6 +65,9 @@ class Settings:
     #: running tasks become lost (or run again, if idempotent). It fences
     #: itself (kills its running tasks) after 0.8 of this without Redis.
     worker_ttl: float = 10.0
+    #: Seconds a cancel (Run.cancel, Ctrl-C, ``labq cancel``) gives running
+    #: tasks after the soft interrupt before it kills them.
+    cancel_grace: float = 5.0
     flower_address: str = "127.0.0.1"
     flower_port: int = 5555
     flower_user: str = "labq"
@@ -235,6 +238,8 @@ def _validate(s: Settings) -> None:
         raise bad("worker_ttl", "must be at least 2 seconds (heartbeats go every ttl/5)")
     if s.redis_retry_timeout < 0:
         raise bad("redis_retry_timeout", "must be 0 or more seconds")
+    if s.cancel_grace < 0:
+        raise bad("cancel_grace", "must be 0 or more seconds")
     if bool(s.redis_tls_cert) != bool(s.redis_tls_key):
         raise bad("redis_tls_cert" if s.redis_tls_key else "redis_tls_key",
                   "LABQ_REDIS_TLS_CERT and LABQ_REDIS_TLS_KEY go together")

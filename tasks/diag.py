@@ -72,6 +72,17 @@ def stubborn(seconds: float = 3600.0) -> dict[str, Any]:
     return {"interrupted": interrupted, **_where()}
 
 
+@shared_task(name="tasks.diag.masked")
+def masked(seconds: float = 3600.0) -> dict[str, Any]:
+    """Sleep; turn the soft interrupt into a ``KeyError``, as paramiko does
+    when it is interrupted while it connects."""
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        raise KeyError("<paramiko.Transport (unconnected)>") from None
+    return _where()
+
+
 @shared_task(name="tasks.diag.fail")
 def fail(message: str = "diag failure") -> None:
     """Raise ``RuntimeError(message)``, to exercise failure reporting."""

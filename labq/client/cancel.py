@@ -1,21 +1,26 @@
 """Cancelling a run, durably: a flag in Redis stops queued tasks even across
 worker restarts, a soft interrupt stops running ones, and a hard kill
-follows after a grace period (:meth:`labq.Run.cancel`).
+follows after a grace period (:meth:`labq.Run.cancel`). The same steps run
+from another process, by run id (:func:`cancel_by_id`, ``labq cancel``).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import redis
+from celery.states import READY_STATES
 
+from labq.client.run_info import RunInfo
 from labq.client.run_state import RunState
 from labq.errors import BrokerUnavailable
-from labq.keys import RUN_TTL, cancel_key
+from labq.keys import RESULT_PREFIX, RUN_KWARG, RUN_TTL, cancel_key, starts_key
 from labq.outcome import Status
 
 
@@ -68,3 +73,93 @@ def purge_queued(client: redis.Redis, queues: frozenset[str], ids: set[str]) -> 
                     client.lrem(queue, 1, raw)  # type: ignore[arg-type]
         except redis.RedisError:
             continue  # the durable flag still stops them
+
+
+@dataclass(frozen=True)
+class RemoteCancel:
+    """What :func:`cancel_by_id` did to a run."""
+
+    run_id: str
+    #: Messages taken off the queues before any worker started them.
+    dropped: int
+    #: Started tasks that got the soft interrupt.
+    interrupted: int
+    #: Of those, the ones still running after the grace: killed.
+    killed: int
+
+
+def cancel_by_id(client: redis.Redis, control: Any, run: RunInfo, grace: float) -> RemoteCancel:
+    """Cancel ``run`` from a process other than its own, as :meth:`labq.Run.cancel` does.
+
+    The durable flag goes first: every task not started yet refuses to
+    start, on any worker, even one that restarts. Then the run's messages
+    are taken off its queues, its started tasks get the soft interrupt, and
+    those still running after ``grace`` the hard kill. The run's own
+    process sees the flag and ends its wait with the tasks cancelled.
+    """
+    try:
+        client.set(cancel_key(run.id), "1", ex=RUN_TTL)
+        started = [_s(t) for t in client.hkeys(starts_key(run.id))]
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"cannot record the cancel of {run.id!r}: {exc}") from exc
+    dropped = purge_run(client, frozenset(run.queues), run.id)
+
+    def unfinished(ids: list[str]) -> list[str]:
+        if not ids:
+            return []
+        try:
+            raw = client.mget([RESULT_PREFIX + t for t in ids])
+        except redis.RedisError:
+            return ids  # unknown: treat as running, the kill is harmless
+        return [t for t, r in zip(ids, raw, strict=True) if not _final(r)]
+
+    running = unfinished(started)
+    if running:
+        control.revoke(running, terminate=True, signal="SIGUSR1")
+    still = running
+    end = time.monotonic() + grace
+    try:
+        while still and time.monotonic() < end:
+            time.sleep(0.1)
+            still = unfinished(still)
+    except KeyboardInterrupt:
+        pass  # a second Ctrl-C: kill now
+    if still:
+        control.revoke(still, terminate=True, signal="SIGKILL")
+    return RemoteCancel(run.id, dropped, len(running), len(still))
+
+
+def purge_run(client: redis.Redis, queues: frozenset[str], run_id: str) -> int:
+    """Take the messages of run ``run_id`` off ``queues``; how many were taken."""
+    taken = 0
+    for queue in queues:
+        try:
+            for raw in client.lrange(queue, 0, -1):
+                if _run_of(raw) == run_id:
+                    taken += int(client.lrem(queue, 1, raw))  # type: ignore[arg-type]
+        except redis.RedisError:
+            continue  # the durable flag still stops them
+    return taken
+
+
+def _run_of(raw: bytes | str) -> str | None:
+    """The run a queued message belongs to (its ``labq_run`` keyword argument)."""
+    try:
+        envelope = json.loads(raw)
+        body = json.loads(base64.b64decode(envelope["body"]))
+        return str(body[1].get(RUN_KWARG)) if isinstance(body[1], dict) else None
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def _final(raw: Any) -> bool:
+    """Whether a stored result record is a final one."""
+    try:
+        meta = json.loads(raw) if raw else None
+    except ValueError:
+        return False
+    return isinstance(meta, dict) and meta.get("status") in READY_STATES
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

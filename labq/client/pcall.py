@@ -9,16 +9,20 @@ each call's own ``iargs``; ``ckwargs`` are overridden by ``ikwargs``, then by
 Unlike pyATS, a timeout keeps what finished: the rest is cancelled (soft
 interrupt, then hard kill) and :class:`~labq.RunTimeout` carries every
 outcome. A failed call raises :class:`~labq.TaskFailed` at once, after
-cancelling the calls still in flight.
+cancelling the calls still in flight. Ctrl-C or SIGTERM cancels the calls,
+prints what finished and ends the testscript with 130 or 143
+(:class:`~labq.errors.RunInterrupted`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
+from labq.client.interrupts import sigterm_interrupts
 from labq.client.run import Run
-from labq.errors import SubmitError, TaskFailed
+from labq.errors import RunInterrupted, SubmitError, TaskFailed
 
 
 def expand_calls(targets: Any, cargs: Sequence[Any], iargs: Sequence[Sequence[Any]],
@@ -56,27 +60,40 @@ def pcall(targets: Any, timeout: float | None = None, cargs: Sequence[Any] = (),
     calls = expand_calls(targets, cargs, iargs, ckwargs, ikwargs, varkwargs)
     owned = run is None
     active = run if run is not None else Run("pcall")
-    try:
-        if len({id(t) for t, _, _ in calls}) == 1 and not any(a for _, a, _ in calls):
-            # One target, keyword arguments only: one validated batch, pipelined.
-            ids = active.submit_many(calls[0][0], [k for _, _, k in calls])
-        else:
-            ids = [active.submit(t, *a, **k) for t, a, k in calls]
-
-        def ours() -> set[str]:  # a task run again after its host died has a new id
-            return {active.reruns.get(i, i) for i in ids}
-
-        for outcome in active.as_completed(timeout=timeout):
-            if outcome.task_id in ours() and not outcome.ok:
+    # An owned run stops on Ctrl-C or SIGTERM as a with-block run does.
+    with sigterm_interrupts() if owned else nullcontext():
+        try:
+            return _gather(active, calls, timeout)
+        except RunInterrupted:
+            raise
+        except KeyboardInterrupt as exc:
+            if owned:
+                active.stop(exc)
+            raise
+        except BaseException:
+            if owned:
                 active.cancel()
-                wanted = ours()
-                raise TaskFailed(outcome, [o for o in active.outcomes if o.task_id in wanted])
-        by_id = {o.task_id: o for o in active.outcomes}
-        return tuple(by_id[active.reruns.get(i, i)].value for i in ids)
-    except BaseException:
-        if owned:
+            raise
+        finally:
+            if owned:
+                active.close()
+
+
+def _gather(active: Run, calls: list[tuple[Any, tuple[Any, ...], dict[str, Any]]],
+            timeout: float | None) -> tuple[Any, ...]:
+    if len({id(t) for t, _, _ in calls}) == 1 and not any(a for _, a, _ in calls):
+        # One target, keyword arguments only: one validated batch, pipelined.
+        ids = active.submit_many(calls[0][0], [k for _, _, k in calls])
+    else:
+        ids = [active.submit(t, *a, **k) for t, a, k in calls]
+
+    def ours() -> set[str]:  # a task run again after its host died has a new id
+        return {active.reruns.get(i, i) for i in ids}
+
+    for outcome in active.as_completed(timeout=timeout):
+        if outcome.task_id in ours() and not outcome.ok:
             active.cancel()
-        raise
-    finally:
-        if owned:
-            active.close()
+            wanted = ours()
+            raise TaskFailed(outcome, [o for o in active.outcomes if o.task_id in wanted])
+    by_id = {o.task_id: o for o in active.outcomes}
+    return tuple(by_id[active.reruns.get(i, i)].value for i in ids)

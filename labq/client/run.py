@@ -13,13 +13,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 
@@ -27,20 +29,24 @@ from labq.app import LabqCelery, create_app
 from labq.client import publish
 from labq.client.cancel import cancel_run
 from labq.client.dead_workers import check_workers, fence_stopped
+from labq.client.interrupts import sigterm_interrupts, stop_run
 from labq.client.messages import Builder, TaskMessage, build
 from labq.client.progress import Progress
 from labq.client.publish import DEFAULT_CHUNK
+from labq.client.run_info import record_queues, record_start
 from labq.client.run_state import Call, RunState
 from labq.client.streams import RunStreams
 from labq.client.submission import check_json, check_limits, first, script_name, task_name
 from labq.client.wire import uuid4_strings
 from labq.errors import (
     BrokerUnavailable,
+    LabqError,
     PartialSubmit,
+    RunInterrupted,
     RunTimeout,
     SubmitError,
 )
-from labq.keys import RUN_KWARG, SCRIPT_KWARG, starts_key
+from labq.keys import RUN_KWARG, SCRIPT_KWARG, cancel_key, starts_key
 from labq.outcome import Outcome, outcome_from_meta
 from labq.redis_client import connect, describe, retrying
 from labq.settings import Settings, mask_url
@@ -48,8 +54,6 @@ from labq.worker.liveness import WorkerWatch
 
 log = logging.getLogger(__name__)
 
-#: Seconds between the soft interrupt of a cancel and the hard kill.
-DEFAULT_GRACE = 5.0
 #: Longest wait for a pushed change (a task's end, a log line) before every
 #: pending result is read anyway: for ends that push nothing (a done stream
 #: trimmed behind the client, a result backend other than labq's).
@@ -64,7 +68,8 @@ class Run:
     def __init__(self, name: str = "run", *, soft_time_limit: float | None = None,
                  time_limit: float | None = None, app: LabqCelery | None = None,
                  settings: Settings | None = None, progress: bool | None = None,
-                 logs: bool = True, grace: float = DEFAULT_GRACE) -> None:
+                 logs: bool = True, grace: float | None = None,
+                 report: str | os.PathLike[str] | None = None) -> None:
         self._own_app = app is None
         self.app = app or create_app(settings or Settings.load())
         self.settings: Settings = self.app.labq_settings
@@ -75,7 +80,10 @@ class Run:
         self.script = script_name()
         self.soft_time_limit = soft_time_limit
         self.time_limit = time_limit
-        self.grace = grace
+        #: Seconds between a cancel's soft interrupt and its hard kill.
+        self.grace = self.settings.cancel_grace if grace is None else grace
+        #: Where the HTML report goes when the ``with`` block ends, however it ends.
+        self.report_path = Path(report) if report is not None else None
         self._progress_flag = progress
         self._state = RunState(self.id)
         #: When every pending result was last read (``as_completed``).
@@ -89,13 +97,17 @@ class Run:
                              socket_connect_timeout=5)
         self._watch = WorkerWatch(self.redis, self.settings.worker_ttl, LIVENESS_INTERVAL)
         self._streams = RunStreams(self.redis, self.id, logs)
+        self._sigterm = ExitStack()
         try:
             self.redis.ping()
+            record_start(self.redis, self.id, name, self.script)
         except redis.RedisError as exc:
             raise BrokerUnavailable(
                 f"run {name!r}: Redis at {mask_url(self.settings.backend_url)} is unreachable "
                 f"({describe(exc, self.settings)}); is the stack up and LABQ_BROKER_URL right?"
             ) from exc
+        print(f"labq: run {self.id} started; stop it from another shell with "
+              f"'labq cancel {self.id}'", file=sys.stderr, flush=True)
 
     # -- submitting -------------------------------------------------------
 
@@ -155,10 +167,16 @@ class Run:
                          soft: float | None = None, hard: float | None = None,
                          args: list[Any] | None = None) -> None:
         now = datetime.now(timezone.utc)
+        known = self._state.queues
         for m in messages:
             body = m.message[2][1]  # protocol 2 body: (args, kwargs, embed)
             self._state.track(m.task_id, Call(m.name, args or [], body, m.queue, soft, hard),
                               m.device, now)
+        if self._state.queues != known:  # a cancel from elsewhere purges these
+            try:
+                record_queues(self.redis, self.id, set(self._state.queues))
+            except redis.RedisError as exc:
+                log.warning("run %s: queues not recorded for labq cancel: %s", self.id, exc)
 
     def _send(self, name: str, args: list[Any], body: dict[str, Any], *, task_id: str,
               queue: str | None, soft: float | None, hard: float | None,
@@ -232,6 +250,7 @@ class Run:
         done = []
         metas: list[Any] = []
         starts: list[Any] = []
+        cancelled = 0
         if ids:
             keys = [self.app.backend.get_key_for_task(t) for t in ids]
 
@@ -239,11 +258,12 @@ class Run:
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.mget(keys)
                 pipe.hmget(starts_key(self.id), ids)
+                pipe.exists(cancel_key(self.id))  # a cancel from another shell
                 return pipe.execute()  # type: ignore[no-any-return]
 
             try:
                 # A Redis restart is waited out, up to LABQ_REDIS_RETRY_TIMEOUT.
-                metas, starts = retrying(read, timeout=self.settings.redis_retry_timeout)
+                metas, starts, cancelled = retrying(read, timeout=self.settings.redis_retry_timeout)
             except redis.RedisError as exc:
                 raise BrokerUnavailable(
                     f"result backend {mask_url(self.settings.backend_url)}: {exc}") from exc
@@ -254,8 +274,17 @@ class Run:
             if new.status.final:
                 done.append(new)
         fence_stopped(self._state, self.redis, done)
-        return done + check_workers(self._state, self.redis, self._watch, self.app.tasks,
-                                    self.settings.worker_ttl, self._resend)
+        done += check_workers(self._state, self.redis, self._watch, self.app.tasks,
+                              self.settings.worker_ttl, self._resend)
+        if cancelled and not self._state.cancelled:
+            # labq cancel from elsewhere: end the rest here as Run.cancel would.
+            print(f"labq: run {self.id} was cancelled from another shell", file=sys.stderr,
+                  flush=True)
+            waiting = self._state.pending()
+            self.cancel()
+            done += [o for t in waiting if t in self._state
+                     and (o := self._state.outcome(t)).status.final]
+        return done
 
     def as_completed(self, timeout: float | None = None) -> Iterator[Outcome]:
         """Yield each outcome as its task ends. At ``timeout`` the rest is
@@ -328,6 +357,11 @@ class Run:
 
     # -- reporting and context --------------------------------------------
 
+    def stop(self, reason: BaseException) -> NoReturn:
+        """After Ctrl-C or SIGTERM: say so, cancel, print what finished, write
+        the report if one was asked for, and raise :class:`RunInterrupted`."""
+        stop_run(self, reason)
+
     def report(self, path: str | os.PathLike[str]) -> Path:
         """Write a self-contained HTML report (timeline, summary, outputs)."""
         from labq.client.report import write_report
@@ -336,19 +370,36 @@ class Run:
         return write_report(Path(path), self.id, self.outcomes)
 
     def close(self) -> None:
+        self._sigterm.close()
         self.redis.close()
         if self._own_app:
             self.app.close()
 
     def __enter__(self) -> Run:
+        self._sigterm.enter_context(sigterm_interrupts())
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         try:
-            if exc_type is None:
-                self.wait()
-            else:
-                self.cancel()
+            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
+                self.stop(exc)  # Ctrl-C or SIGTERM inside the block
+            try:
+                if exc is None:
+                    self.wait()
+                else:
+                    self.cancel()
+            except RunInterrupted:
+                raise
+            except KeyboardInterrupt as interrupt:  # ... or while waiting at its end
+                self.stop(interrupt)
+            if self.report_path is not None:
+                try:
+                    self.report(self.report_path)
+                except (LabqError, OSError) as report_error:
+                    if exc is None:
+                        raise
+                    log.error("run %s: report %s not written: %s", self.id, self.report_path,
+                              report_error)  # the block's own error is the one to see
         finally:
             self.close()

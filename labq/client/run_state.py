@@ -75,6 +75,9 @@ class RunState:
     def __len__(self) -> int:
         return len(self._order)
 
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._outcomes
+
     def outcome(self, task_id: str) -> Outcome:
         return self._outcomes[task_id]
 

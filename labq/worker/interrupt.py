@@ -29,12 +29,26 @@ log = logging.getLogger(__name__)
 SOFT_SIGNAL = signal.SIGUSR1
 
 _armed = False
+#: Whether a soft interrupt was raised inside the current (or last) block.
+_delivered = False
 
 
 def _on_soft_signal(signum: int, frame: FrameType | None) -> None:
+    global _delivered
     if _armed:
+        _delivered = True
         raise SoftTimeLimitExceeded()
     log.info("a soft interrupt arrived after its task had ended; ignored")
+
+
+def delivered() -> bool:
+    """Whether a soft interrupt was raised inside the last :func:`armed` block.
+
+    Library code can turn the ``SoftTimeLimitExceeded`` into an error of its
+    own (paramiko, interrupted while it connects, raises ``KeyError`` from its
+    cleanup); the task is still one that was interrupted.
+    """
+    return _delivered
 
 
 @contextmanager
@@ -45,12 +59,13 @@ def armed() -> Iterator[None]:
     billiard's on first use (billiard installs its own after the child's
     initializers have run).
     """
-    global _armed
+    global _armed, _delivered
     if threading.current_thread() is not threading.main_thread():
         yield  # an eager call in a thread: no signal reaches it anyway
         return
     if signal.getsignal(SOFT_SIGNAL) is not _on_soft_signal:
         signal.signal(SOFT_SIGNAL, _on_soft_signal)
+    _delivered = False
     _armed = True
     try:
         yield

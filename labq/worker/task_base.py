@@ -40,7 +40,7 @@ from labq.keys import (
 )
 from labq.redis_client import connect
 from labq.settings import Settings
-from labq.worker.interrupt import armed
+from labq.worker.interrupt import armed, delivered
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +158,19 @@ class LabqTask(Task):  # type: ignore[misc]
                 current.run_id, current.task_id, current.client = run_id, task_id, client
                 current.device = str(kwargs.get("device") or (args[0] if args else "") or "")
                 return self.run(*args, **kwargs)
-        except (SoftTimeLimitExceeded, SoftTimeout) as exc:
+        except Exception as exc:
+            interrupt = isinstance(exc, (SoftTimeLimitExceeded, SoftTimeout))
+            if not interrupt and not delivered():
+                raise
             # A cancel interrupts with the same signal as the soft limit.
             if client.exists(cancel_key(run_id)):
                 raise TaskCancelled(f"run {run_id!r} was cancelled while task {task_id} ran") from exc
-            raise
+            if interrupt:
+                raise
+            # Code the interrupt went through turned it into an error of its own.
+            raise SoftTimeLimitExceeded(
+                f"soft time limit reached; the interrupt surfaced as {type(exc).__name__}: "
+                f"{exc}") from exc
         finally:
             current.run_id = current.task_id = current.device = None
 

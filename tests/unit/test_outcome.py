@@ -57,3 +57,22 @@ def test_soft_timeout_keeps_the_partial_output() -> None:
 def test_started_without_result_is_running() -> None:
     out = outcome_from_meta(BASE, None, {"at": 1767225601.0, "worker": "w", "slot": "w/0"})
     assert out.status is Status.RUNNING and out.finished_at is None and out.duration is None
+
+
+@pytest.mark.parametrize("partial", [{}, {"show clock": "12:00"}])
+def test_a_soft_timeouts_message_carries_no_partial_output(partial: dict[str, str]) -> None:
+    # The partial output is the outcome's value; the message stays the message
+    # (it used to end in a stray "{}" in the console, the table and the report).
+    out = outcome_from_meta(BASE, failure("SoftTimeout", "soft time limit reached on 'r5'",
+                                          partial), None)
+    assert out.error is not None and out.error.message == "soft time limit reached on 'r5'"
+    assert out.value == partial
+
+
+def test_a_soft_timeouts_repr_is_its_message() -> None:
+    # Flower and the worker log show repr() of the exception.
+    from labq.errors import SoftTimeout
+
+    err = SoftTimeout("soft time limit reached on 'r5'", {})
+    assert repr(err) == "SoftTimeout(\"soft time limit reached on 'r5'\")"
+    assert SoftTimeout(*err.args).partial == {}
