@@ -23,6 +23,8 @@ from labq.settings import Settings
 
 #: The program's name, as its error lines start.
 PROG = "labq"
+#: Settings' own defaults: the help text shows these, never a copy.
+DEFAULTS = Settings()
 
 
 class Context:
@@ -48,6 +50,8 @@ def _option(*decls: str, envvar: str, **kw: Any) -> Any:
 @click.pass_context
 def main(ctx: click.Context, config: Path | None) -> None:
     """Fan device tasks out to prefork workers across lab hosts."""
+    if ctx.get_parameter_source("config") is click.core.ParameterSource.ENVIRONMENT:
+        config = None  # Settings reads LABQ_CONFIG itself, and names it in its errors
     ctx.obj = Context(config)
 
 
@@ -90,15 +94,15 @@ def _ignore_interrupts() -> None:
 @_option("--redis-port", envvar="LABQ_REDIS_PORT", type=int, default=6399, show_default=True,
          help="Port for the embedded Redis (0 picks a free one).")
 @_option("--flower-port", envvar="LABQ_FLOWER_PORT", type=int, default=None,
-         help="Port for Flower (0 picks a free one).  [default: 5555]")
+         help=f"Port for Flower (0 picks a free one).  [default: {DEFAULTS.flower_port}]")
 @_option("--concurrency", envvar="LABQ_CONCURRENCY", type=int, default=None,
-         help="Prefork children per worker.  [default: 2]")
+         help=f"Prefork children per worker.  [default: from settings, {DEFAULTS.concurrency}]")
 @pass_ctx
 def up(ctx: Context, redis_port: int, flower_port: int | None, concurrency: int | None) -> None:
     """Run Redis, two lab-host workers and Flower on loopback until Ctrl-C."""
     from labq.embedded.stack import Stack
 
-    settings = ctx.settings(flower_port=flower_port, concurrency=concurrency or 2)
+    settings = ctx.settings(flower_port=flower_port, concurrency=concurrency)
     stack = Stack(settings, redis_port=redis_port)
     with _terminate_on_sigterm():
         try:
@@ -136,7 +140,7 @@ def _print_stack(stack: Any) -> None:
 @_option("--name", "-n", envvar="LABQ_WORKER_NAME", default=None,
          help="Worker name, shown in Flower and outcomes.  [default: first queue, else 'worker']")
 @_option("--concurrency", "-c", envvar="LABQ_CONCURRENCY", type=int, default=None,
-         help="Prefork children.  [default: from settings]")
+         help=f"Prefork children.  [default: from settings, {DEFAULTS.concurrency}]")
 @_option("--loglevel", "-l", envvar="LABQ_LOGLEVEL", default="INFO", show_default=True)
 @pass_ctx
 def worker(ctx: Context, queues: str, name: str | None, concurrency: int | None,
@@ -154,8 +158,9 @@ def worker(ctx: Context, queues: str, name: str | None, concurrency: int | None,
 
 @main.command()
 @_option("--address", envvar="LABQ_FLOWER_ADDRESS", default=None,
-         help="Address to bind.  [default: 127.0.0.1]")
-@_option("--port", envvar="LABQ_FLOWER_PORT", type=int, default=None, help="[default: 5555]")
+         help=f"Address to bind.  [default: {DEFAULTS.flower_address}]")
+@_option("--port", envvar="LABQ_FLOWER_PORT", type=int, default=None,
+         help=f"Port to serve on.  [default: {DEFAULTS.flower_port}]")
 @pass_ctx
 def flower(ctx: Context, address: str | None, port: int | None) -> None:
     """Run Flower with basic auth (wraps ``celery flower``).
@@ -211,7 +216,7 @@ def devices(ctx: Context, testbed: Path | None, as_json: bool) -> None:
 
 @main.command()
 @click.argument("host")
-@click.argument("size", metavar="N", type=click.IntRange(min=1))
+@click.argument("size", metavar="N", type=int)
 @pass_ctx
 def scale(ctx: Context, host: str, size: int) -> None:
     """Grow or shrink worker HOST's prefork pool to N children, live.
@@ -221,6 +226,9 @@ def scale(ctx: Context, host: str, size: int) -> None:
     """
     from labq.app import create_app
     from labq.ops.scaling import resolve_node, scale_pool
+
+    if size < 1:
+        raise click.BadParameter(f"{size}: a pool needs at least 1 child", param_hint="N")
 
     app = create_app(ctx.settings())
     try:
@@ -296,12 +304,19 @@ main.add_command(sim_command)
 
 
 def run() -> None:
-    """Console entry point: labq errors become one clear line and exit 2."""
+    """Console entry point: every error, labq's or click's, is one line
+    ``labq: error: ...`` and exit status 2."""
     try:
-        main(standalone_mode=True)
+        main(standalone_mode=False)
     except LabqError as exc:
         click.echo(f"{PROG}: error: {exc}", err=True)
         sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"{PROG}: error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo(f"{PROG}: aborted", err=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":  # pragma: no cover

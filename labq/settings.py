@@ -9,8 +9,10 @@ Nothing here runs at import time.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -136,12 +138,15 @@ class Settings:
         ``env`` defaults to ``os.environ``. ``config_file`` defaults to
         ``LABQ_CONFIG``, else ``config/labq.yaml`` when it exists.
         """
-        env = os.environ if env is None else env
+        if env is None:
+            env = os.environ
+            warn_unknown_env(env)
         values: dict[str, Any] = {}
         path = Path(config_file or env.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_CONFIG_FILE)
-        explicit = bool(config_file or env.get(f"{ENV_PREFIX}CONFIG"))
-        if path.exists() or explicit:
-            values.update(_coerce_all(_read_config(path), f"{path}"))
+        named_by = ("--config" if config_file else f"{ENV_PREFIX}CONFIG"
+                    if env.get(f"{ENV_PREFIX}CONFIG") else "config file")
+        if path.exists() or named_by != "config file":
+            values.update(_coerce_all(_read_config(path, named_by), f"{path}"))
         from_env = {
             f.name: env[f"{ENV_PREFIX}{f.name.upper()}"]
             for f in fields(cls)
@@ -152,6 +157,40 @@ class Settings:
             _coerce_all({k: v for k, v in overrides.items() if v is not None}, "override")
         )
         return cls(**values)
+
+
+#: ``LABQ_*`` variables that are not settings: the command line's own options
+#: (README, "Settings"), and what docker-compose.yml reads.
+CLI_ONLY_ENV = frozenset({
+    "LABQ_CONFIG", "LABQ_REDIS_PORT", "LABQ_QUEUES", "LABQ_WORKER_NAME", "LABQ_LOGLEVEL",
+    "LABQ_SIM_CONTROL_PORT", "LABQ_SIM_READY_FILE", "LABQ_REDIS_PASSWORD",
+})
+_warned: set[str] = set()
+
+
+def unknown_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``LABQ_*`` names in ``env`` that look like a misspelt setting, each with
+    the setting it is closest to. Names close to none (a testbed's own
+    ``%ENV{LABQ_LAB_PASSWORD}``) are not labq's to judge."""
+    known = [f"{ENV_PREFIX}{f.name.upper()}" for f in fields(Settings)] + sorted(CLI_ONLY_ENV)
+    suffixes = {name[len(ENV_PREFIX):]: name for name in known}
+    out = {}
+    for name in env:
+        if name.startswith(ENV_PREFIX) and name not in known:
+            # Close after the prefix: a typo, not just another *_PASSWORD.
+            close = difflib.get_close_matches(name[len(ENV_PREFIX):], suffixes, n=1, cutoff=0.85)
+            if close:
+                out[name] = suffixes[close[0]]
+    return out
+
+
+def warn_unknown_env(env: Mapping[str, str]) -> None:
+    """Say once per process, on stderr, which ``LABQ_*`` names are misspelt."""
+    for name, close in sorted(unknown_env(env).items()):
+        if name not in _warned:
+            _warned.add(name)
+            print(f"labq: warning: {name} is not a setting and is ignored; did you mean "
+                  f"{close}?", file=sys.stderr, flush=True)
 
 
 def mask_url(url: str) -> str:
@@ -169,15 +208,23 @@ def _as_dict(settings: Settings) -> dict[str, Any]:
     return {f.name: getattr(settings, f.name) for f in fields(settings)}
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def _read_config(path: Path, named_by: str) -> dict[str, Any]:
+    """The settings file as a mapping; ``named_by`` is what chose the file
+    (``--config``, ``LABQ_CONFIG`` or the default), for the error."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as exc:
-        raise ConfigError("LABQ_CONFIG", str(path), "no such file") from exc
+        raise ConfigError(named_by, str(path), "no such file") from exc
+    except OSError as exc:
+        raise ConfigError(named_by, str(path), f"cannot read it: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError("LABQ_CONFIG", str(path), f"not valid YAML: {exc}") from exc
+        # One line: the problem and where, not pyyaml's multi-line report.
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(named_by, str(path), f"not valid YAML{at}: {problem}") from None
     if not isinstance(data, dict):
-        raise ConfigError("LABQ_CONFIG", str(path), "the top level must be a mapping")
+        raise ConfigError(named_by, str(path), "the top level must be a mapping")
     return data
 
 

@@ -99,3 +99,12 @@ def test_to_env_round_trips() -> None:
 
 def test_mask_url_hides_passwords_with_slashes_and_at_signs() -> None:
     assert mask_url("redis://:p/a@ss@h:1/0") == "redis://:****@h:1/0"
+
+
+def test_only_misspelt_labq_variables_are_reported() -> None:
+    from labq.settings import unknown_env
+
+    env = {"LABQ_CONCURENCY": "3", "LABQ_BROKER_URL": "redis://h/0", "LABQ_QUEUES": "lab-a",
+           "LABQ_LAB_PASSWORD": "a testbed's own %ENV", "LABQ_WORKER_TTLL": "5", "PATH": "/bin"}
+    assert unknown_env(env) == {"LABQ_CONCURENCY": "LABQ_CONCURRENCY",
+                                "LABQ_WORKER_TTLL": "LABQ_WORKER_TTL"}

@@ -1,0 +1,100 @@
+"""One precedence for every setting, and one form for every error, through the
+real ``labq`` command line (issue 13, item 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from labq.settings import Settings
+
+LABQ = str(Path(sys.executable).parent / "labq")
+
+
+def labq(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LABQ_")}
+    return subprocess.run([LABQ, *args], env={**clean, **(env or {})}, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_a_misspelt_variable_is_named_with_the_setting_it_is_close_to() -> None:
+    out = labq("config", env={"LABQ_CONCURENCY": "3", "LABQ_LAB_PASSWORD": "for a testbed"})
+    assert out.returncode == 0
+    assert out.stderr.splitlines() == [
+        "labq: warning: LABQ_CONCURENCY is not a setting and is ignored; "
+        "did you mean LABQ_CONCURRENCY?"]
+    assert re.search(r"^concurrency\s+4$", out.stdout, re.M)
+
+
+@pytest.mark.parametrize(("args", "env", "expected"), [
+    (["worker"], {"LABQ_CONCURRENCY": "lots"},
+     "labq: error: Invalid value for '--concurrency' / '-c' (env var: 'LABQ_CONCURRENCY'): "
+     "'lots' is not a valid integer."),
+    (["--config", "/nonexistent.yaml", "config"], {},
+     "labq: error: --config='/nonexistent.yaml': no such file"),
+    (["config"], {"LABQ_CONFIG": "/nonexistent.yaml"},
+     "labq: error: LABQ_CONFIG='/nonexistent.yaml': no such file"),
+    (["scale", "lab-a", "two"], {}, "labq: error: Invalid value for 'N': 'two' is not a valid integer."),
+    (["nosuchcommand"], {}, "labq: error: No such command 'nosuchcommand'."),
+])
+def test_every_error_is_one_line_and_exit_2(args: list[str], env: dict[str, str],
+                                            expected: str) -> None:
+    out = labq(*args, env=env)
+    assert (out.returncode, out.stderr.strip()) == (2, expected)
+
+
+def test_a_broken_settings_file_is_one_line_naming_where(tmp_path: Path) -> None:
+    path = tmp_path / "labq.yaml"
+    path.write_text("concurrency: 3\nbroker_url: [redis://x\n")
+    out = labq("--config", str(path), "config")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"labq: error: --config='{path}': not valid YAML at line 3, "
+                                  "column 1: expected ',' or ']', but got '<stream end>'")
+
+
+def test_the_help_shows_the_settings_own_defaults() -> None:
+    defaults = Settings()
+    text = " ".join(labq("up", "--help").stdout.split())
+    assert f"[default: from settings, {defaults.concurrency}]" in text
+    assert f"[default: {defaults.flower_port}]" in text
+
+
+def test_labq_up_takes_concurrency_from_its_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "labq.yaml"
+    config.write_text("concurrency: 3\nshutdown_timeout: 5\n")
+    env = {**os.environ, "LABQ_STATE_DIR": str(tmp_path)}
+    env.pop("LABQ_CONCURRENCY", None)
+    proc = subprocess.Popen([LABQ, "--config", str(config), "up", "--redis-port", "0",
+                             "--flower-port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    export = ""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not export:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if "export LABQ_BROKER_URL" in line:
+            export = line
+    try:
+        assert export, "labq up did not become ready"
+        url = export.split("=", 1)[1].strip().strip("'\"")
+        workers: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            status = labq("status", "--json", "--broker", url)
+            workers = json.loads(status.stdout)["workers"] if status.returncode == 0 else []
+            if len(workers) >= 2:
+                break
+            time.sleep(0.5)
+        assert len(workers) >= 2 and {w["concurrency"] for w in workers} == {3}, workers
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
