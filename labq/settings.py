@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import os
 import re
 import sys
@@ -156,7 +157,41 @@ class Settings:
         values.update(
             _coerce_all({k: v for k, v in overrides.items() if v is not None}, "override")
         )
-        return cls(**values)
+        settings = cls(**values)
+        testbed = find_testbed(settings.testbed, path if path.exists() else None)
+        return settings if testbed == settings.testbed else settings.replace(testbed=testbed)
+
+
+def testbed_candidates(testbed: Path, config_file: Path | None = None) -> list[Path]:
+    """Where a relative ``testbed`` path is looked for, in order: the working
+    directory and each of its parents, beside the config file and in its
+    parent (``config/labq.yaml`` names ``config/testbed.yaml``), and in the
+    project that holds the ``tasks`` package (so a testscript run from
+    ``/tmp`` finds the lab of the tasks it imports)."""
+    if testbed.is_absolute():
+        return [testbed]
+    cwd = Path.cwd()
+    roots = [cwd, *cwd.parents]
+    if config_file is not None:
+        here = config_file.resolve().parent
+        roots += [here, here.parent]
+    spec = importlib.util.find_spec("tasks") if "tasks" not in sys.modules else None
+    origin = getattr(sys.modules.get("tasks"), "__file__", None) or (spec and spec.origin)
+    if origin:
+        roots.append(Path(origin).resolve().parent.parent)
+    seen: list[Path] = []
+    for root in roots:
+        if root / testbed not in seen:
+            seen.append(root / testbed)
+    return seen
+
+
+def find_testbed(testbed: Path, config_file: Path | None = None) -> Path:
+    """The first of :func:`testbed_candidates` that exists, else ``testbed``
+    unchanged (its loader then says where it looked)."""
+    if testbed.is_absolute() or testbed.exists():
+        return testbed
+    return next((c for c in testbed_candidates(testbed, config_file) if c.exists()), testbed)
 
 
 #: ``LABQ_*`` variables that are not settings: the command line's own options

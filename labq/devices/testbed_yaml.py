@@ -44,7 +44,9 @@ def load_testbed(path: Path | str) -> Testbed:
     try:
         text = p.read_text()
     except FileNotFoundError:
-        raise TestbedError(source, "no such testbed file") from None
+        where = "" if p.is_absolute() else f" in {Path.cwd()} or its parents"
+        raise TestbedError(source, f"no such testbed file{where}; point LABQ_TESTBED (or "
+                           "testbed: in the config file, or --testbed) at it") from None
     except OSError as exc:
         raise TestbedError(source, f"cannot read the testbed: {exc.strerror}") from None
     try:

@@ -229,5 +229,7 @@ class Stack:
         self.stop()
 
     def export_line(self) -> str:
-        """The shell line that points another shell's labq and celery at this stack."""
-        return f"export LABQ_BROKER_URL='{self.settings.broker_url}'"
+        """The shell line that points another shell's labq and celery at this
+        stack and its testbed, from any directory."""
+        return (f"export LABQ_BROKER_URL='{self.settings.broker_url}' "
+                f"LABQ_TESTBED='{self.settings.testbed.resolve()}'")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -86,7 +87,9 @@ def test_labq_up_takes_concurrency_from_its_config_file(tmp_path: Path) -> None:
             export = line
     try:
         assert export, "labq up did not become ready"
-        url = export.split("=", 1)[1].strip().strip("'\"")
+        assigned = dict(word.split("=", 1) for word in shlex.split(export)[1:])
+        url = assigned["LABQ_BROKER_URL"]
+        assert Path(assigned["LABQ_TESTBED"]).is_absolute()  # works from any directory
         workers: list[dict[str, object]] = []
         while time.monotonic() < deadline:
             status = labq("status", "--json", "--broker", url)
@@ -98,3 +101,22 @@ def test_labq_up_takes_concurrency_from_its_config_file(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
+
+
+def test_a_testscript_and_labq_devices_find_the_testbed_from_another_directory(
+        tmp_path: Path) -> None:
+    script = tmp_path / "where.py"
+    script.write_text("import labq\nprint(labq.Settings.load().testbed)\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LABQ_")}
+    out = subprocess.run([sys.executable, str(script)], cwd="/tmp", env=clean,
+                         capture_output=True, text=True, timeout=60)
+    root = Path(__file__).resolve().parents[2]
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()) == root / "config" / "testbed.yaml"
+    missing = subprocess.run([LABQ, "devices"], cwd="/tmp",
+                             env={**clean, "LABQ_TESTBED": "lab/none.yaml"},
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == (
+        "labq: error: lab/none.yaml: no such testbed file in /tmp or its parents; point "
+        "LABQ_TESTBED (or testbed: in the config file, or --testbed) at it")
