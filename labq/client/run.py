@@ -121,7 +121,10 @@ class Run:
         """
         name, soft, hard = self._prepare(task, soft_time_limit, time_limit)
         check_json(name, args, kwargs)
-        device = kwargs.get("device") or (args[0] if args and self._is_device_task(name) else None)
+        if args and "device" not in kwargs and self._is_device_task(name):
+            # run.submit(execute, "r1", ...): the device goes where routing looks.
+            kwargs, args = {"device": args[0], **kwargs}, args[1:]
+        device = kwargs.get("device")
         body = {**kwargs, RUN_KWARG: self.id, SCRIPT_KWARG: self.script}
         message = self._send(name, list(args), body, task_id=str(uuid.uuid4()), queue=None,
                              soft=soft, hard=hard, device=str(device) if device else None)

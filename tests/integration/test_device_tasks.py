@@ -248,3 +248,12 @@ def test_a_device_task_called_directly_releases_its_lease_at_once(app: LabqCeler
     assert "f40 uptime" in out
     leases = Leases(redis.Redis.from_url(stack.settings.broker_url))
     assert leases.holders("f40") == []
+
+
+def test_a_device_passed_positionally_is_routed_like_device_equals(app: LabqCelery) -> None:
+    with run(app, "positional") as r:
+        r.submit(device.execute, "b3", command="show version")
+    [outcome] = r.outcomes
+    assert outcome.status is labq.Status.SUCCEEDED, outcome.error
+    assert outcome.device == "b3" and outcome.worker is not None and "lab-b" in outcome.worker
+    assert "b3 uptime" in outcome.value

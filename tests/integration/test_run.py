@@ -194,6 +194,8 @@ def test_ctrl_c_stops_a_50_task_run_within_5_s(stack: Stack, app: LabqCelery,
     proc = _script(stack, tmp_path, 50, "hold_device", 60, devices)
     assert proc.stdout is not None
     line = proc.stdout.readline()
+    if line.startswith("labq: run "):  # the run's id, announced on stderr
+        line = proc.stdout.readline()
     assert line.startswith("SUBMITTED"), line
     run_id = line.split()[1]
     client = redis.Redis.from_url(stack.settings.broker_url)
@@ -262,7 +264,10 @@ def test_second_ctrl_c_kills_at_once_without_waiting_for_the_grace(stack: Stack,
     proc = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None
-    run_id = proc.stdout.readline().split()[1]
+    line = proc.stdout.readline()
+    if line.startswith("labq: run "):  # the run's id, announced on stderr
+        line = proc.stdout.readline()
+    run_id = line.split()[1]
     client = redis.Redis.from_url(stack.settings.broker_url)
     deadline = time.monotonic() + 30
     while client.hlen(f"labq:run:{run_id}:started") < 4 and time.monotonic() < deadline:
