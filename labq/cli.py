@@ -97,12 +97,16 @@ def _ignore_interrupts() -> None:
          help=f"Port for Flower (0 picks a free one).  [default: {DEFAULTS.flower_port}]")
 @_option("--concurrency", envvar="LABQ_CONCURRENCY", type=int, default=None,
          help=f"Prefork children per worker.  [default: from settings, {DEFAULTS.concurrency}]")
+@_option("--testbed", envvar="LABQ_TESTBED", default=None,
+         type=click.Path(dir_okay=False, path_type=Path),
+         help=f"Testbed of the simulated lab.  [default: {DEFAULTS.testbed}]")
 @pass_ctx
-def up(ctx: Context, redis_port: int, flower_port: int | None, concurrency: int | None) -> None:
+def up(ctx: Context, redis_port: int, flower_port: int | None, concurrency: int | None,
+       testbed: Path | None) -> None:
     """Run Redis, two lab-host workers and Flower on loopback until Ctrl-C."""
     from labq.embedded.stack import Stack
 
-    settings = ctx.settings(flower_port=flower_port, concurrency=concurrency)
+    settings = ctx.settings(flower_port=flower_port, concurrency=concurrency, testbed=testbed)
     stack = Stack(settings, redis_port=redis_port)
     with _terminate_on_sigterm():
         try:
@@ -135,13 +139,15 @@ def _print_stack(stack: Any) -> None:
 
 
 @main.command()
-@_option("--queues", "-Q", envvar="LABQ_QUEUES", default="", show_default=True,
-         help="Comma-separated lab segments this host serves; the default queue is always added.")
+@_option("--queues", "-Q", envvar="LABQ_QUEUES", default="",
+         help="Comma-separated lab segments this host serves; the default queue is always "
+              "added.  [default: the default queue only]")
 @_option("--name", "-n", envvar="LABQ_WORKER_NAME", default=None,
          help="Worker name, shown in Flower and outcomes.  [default: first queue, else 'worker']")
 @_option("--concurrency", "-c", envvar="LABQ_CONCURRENCY", type=int, default=None,
          help=f"Prefork children.  [default: from settings, {DEFAULTS.concurrency}]")
-@_option("--loglevel", "-l", envvar="LABQ_LOGLEVEL", default="INFO", show_default=True)
+@_option("--loglevel", "-l", envvar="LABQ_LOGLEVEL", default="INFO", show_default=True,
+         help="The worker's log level: DEBUG, INFO, WARNING, ERROR.")
 @pass_ctx
 def worker(ctx: Context, queues: str, name: str | None, concurrency: int | None,
            loglevel: str) -> None:
@@ -150,10 +156,30 @@ def worker(ctx: Context, queues: str, name: str | None, concurrency: int | None,
 
     settings = ctx.settings(concurrency=concurrency)
     qs = [q.strip() for q in queues.split(",") if q.strip()]
+    _warn_unserved(settings, qs)
     argv = worker_argv(settings, name or (qs[0] if qs else "worker"), qs, loglevel=loglevel)
     env = child_env(settings)
     os.chdir(PROJECT_ROOT)
     os.execve(argv[0], argv, env)
+
+
+def _warn_unserved(settings: Settings, queues: list[str]) -> None:
+    """Warn about a queue that no device of the testbed is on: a typo in -Q
+    leaves the worker serving nothing, silently."""
+    from labq.devices.testbed_yaml import load_testbed
+
+    try:
+        testbed = load_testbed(settings.testbed)
+    except LabqError as exc:
+        click.echo(f"{PROG}: warning: {exc}; device tasks on this worker will fail", err=True)
+        return
+    used = {d.queue for d in testbed if d.queue}
+    for queue in queues:
+        if queue not in used and queue != settings.default_queue:
+            known = ", ".join(sorted(used)) or "none"
+            click.echo(f"{PROG}: warning: no device in {settings.testbed} is on queue "
+                       f"{queue!r} (its queues: {known}); this worker gets no device task "
+                       "from it", err=True)
 
 
 @main.command()
@@ -161,21 +187,32 @@ def worker(ctx: Context, queues: str, name: str | None, concurrency: int | None,
          help=f"Address to bind.  [default: {DEFAULTS.flower_address}]")
 @_option("--port", envvar="LABQ_FLOWER_PORT", type=int, default=None,
          help=f"Port to serve on.  [default: {DEFAULTS.flower_port}]")
+@click.option("--no-auth", is_flag=True,
+              help="Serve without basic auth, on loopback only (a warning says so).")
 @pass_ctx
-def flower(ctx: Context, address: str | None, port: int | None) -> None:
+def flower(ctx: Context, address: str | None, port: int | None, no_auth: bool) -> None:
     """Run Flower with basic auth (wraps ``celery flower``).
 
-    The password comes from LABQ_FLOWER_PASSWORD; Flower refuses to start
-    without one unless it binds to loopback.
+    The password comes from LABQ_FLOWER_PASSWORD; without one Flower does not
+    start, unless --no-auth is given and it binds to loopback.
     """
     from labq.embedded.stack import PROJECT_ROOT, child_env, flower_argv
 
     settings = ctx.settings(flower_address=address, flower_port=port)
-    if not settings.flower_password and settings.flower_address not in ("127.0.0.1", "::1"):
-        raise click.UsageError(
-            f"Flower on {settings.flower_address!r} needs LABQ_FLOWER_PASSWORD: "
-            "it would otherwise serve the lab without auth"
-        )
+    loopback = settings.flower_address in ("127.0.0.1", "::1", "localhost")
+    if not settings.flower_password:
+        if not no_auth:
+            raise click.UsageError(
+                "Flower needs LABQ_FLOWER_PASSWORD (and LABQ_FLOWER_USER, default "
+                f"{DEFAULTS.flower_user!r}): it would otherwise serve the lab without auth; "
+                "--no-auth serves without it on loopback")
+        if not loopback:
+            raise click.UsageError(
+                f"Flower on {settings.flower_address!r} needs LABQ_FLOWER_PASSWORD: "
+                "--no-auth is for loopback only")
+        click.echo(f"{PROG}: warning: Flower on {settings.flower_address}:{settings.flower_port} "
+                   "serves without auth (--no-auth): anyone on this host can see and "
+                   "revoke tasks", err=True)
     argv = flower_argv(settings)
     env = child_env(settings)
     os.chdir(PROJECT_ROOT)
@@ -201,13 +238,15 @@ def demo(ctx: Context, keep: bool, testbed: Path | None) -> None:
 @main.command()
 @_option("--testbed", envvar="LABQ_TESTBED", default=None,
          type=click.Path(dir_okay=False, path_type=Path), help="Testbed YAML.  [default: from settings]")
+@_option("--broker", envvar="LABQ_BROKER_URL", default=None,
+         help="Redis URL of the lab.  [default: from settings]")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_ctx
-def devices(ctx: Context, testbed: Path | None, as_json: bool) -> None:
+def devices(ctx: Context, testbed: Path | None, broker: str | None, as_json: bool) -> None:
     """List every device with its queue, lease holders and waiters."""
     from labq.ops.device_list import device_rows, print_device_rows
 
-    rows = device_rows(ctx.settings(testbed=testbed))
+    rows = device_rows(ctx.settings(testbed=testbed, broker_url=broker))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:

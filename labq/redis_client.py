@@ -22,12 +22,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import redis
 from kombu.transport import redis as kombu_redis
 
 from labq.errors import ConfigError
-from labq.settings import ENV_PREFIX, Settings
+from labq.settings import ENV_PREFIX, Settings, mask_url
 
 T = TypeVar("T")
 
@@ -73,6 +74,30 @@ def describe(exc: BaseException, settings: Settings) -> str:
         text += (f"; TLS to Redis failed: LABQ_REDIS_TLS_CA={ca} must be the CA that signed "
                  "Redis's certificate, and the URL's host must be named in that certificate")
     return text
+
+
+#: Redis's replies that mean the credentials, not the address, are wrong.
+_AUTH_REPLIES = ("WRONGPASS", "NOAUTH", "HELLO must be called", "Authentication required",
+                 "invalid username-password", "invalid password")
+
+
+def auth_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` says Redis refused (or was not given) the credentials."""
+    return isinstance(exc, redis.AuthenticationError) or any(
+        reply in str(exc) for reply in _AUTH_REPLIES)
+
+
+def unavailable(url: str, exc: BaseException, settings: Settings | None = None) -> str:
+    """Why Redis at ``url`` cannot be used, naming the real cause: refused
+    credentials are "authentication failed for user X", not "unreachable"."""
+    where = mask_url(url)
+    if auth_failed(exc):
+        parts = urlsplit(url)
+        why = "Redis refused the password" if parts.password else "the URL gives no password"
+        return (f"authentication failed for user {parts.username or 'default'!r} at {where}: "
+                f"{why}; check the user and password in the URL (LABQ_BROKER_URL)")
+    detail = describe(exc, settings) if settings is not None else f"{type(exc).__name__}: {exc}"
+    return f"Redis at {where} is unreachable ({detail})"
 
 
 def retrying(read: Callable[[], T], *, timeout: float,

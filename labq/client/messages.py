@@ -14,7 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery.utils.saferepr import saferepr
+
 from labq.devices.routing import DeviceRouter
+from labq.keys import RUN_KWARG, SCRIPT_KWARG
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class Builder:
         self.amqp = app.amqp  # a cached property: looked up once
         self.sent_event = sent_event and app.conf.task_send_sent_event
         self.maxsize = self.amqp.argsrepr_maxsize
+        self.device_task = bool(getattr(self.task, "labq_device_task", False))
         self.reply_to = app.thread_oid
         # A route that depends on the device alone can be kept per device.
         routers = getattr(self.amqp.router, "routes", None) or []
@@ -100,10 +104,28 @@ class Builder:
             time_limit=self.time_limit, soft_time_limit=self.soft_time_limit,
             create_sent_event=self.sent_event, ignore_result=self.ignore_result,
             argsrepr=_plain_repr(list(args) or (), maxsize),
-            kwargsrepr=_plain_repr(dict(kwargs), maxsize),
+            kwargsrepr=self._kwargsrepr(kwargs),
         )
         return TaskMessage(task_id=task_id, name=self.name, queue=options["queue"],
                            device=device, message=message, options=options)
+
+
+    def _kwargsrepr(self, kwargs: Mapping[str, Any]) -> str | None:
+        """What Flower and the worker log show of the keyword arguments.
+
+        A device task shows its device first, then its run, then its own
+        arguments (the testscript's name is left out): Flower's task list
+        then shows which device each task is for, and its search finds it
+        by device name or by ``kwargs:labq_run=<id>``. Still a dict's repr,
+        so Flower parses its pairs; never credentials (they are not
+        arguments).
+        """
+        if not self.device_task:
+            return _plain_repr(dict(kwargs), self.maxsize)
+        first = {k: kwargs[k] for k in ("device", RUN_KWARG) if k in kwargs}
+        shown = {**first, **{k: v for k, v in kwargs.items()
+                             if k not in first and k != SCRIPT_KWARG}}
+        return _plain_repr(shown, self.maxsize) or saferepr(shown, self.maxsize)
 
 
 def _plain_repr(value: list[Any] | tuple[()] | dict[str, Any], maxsize: int) -> str | None:

@@ -29,6 +29,7 @@ from labq.app import LabqCelery, create_app
 from labq.client import publish
 from labq.client.cancel import cancel_run
 from labq.client.dead_workers import check_workers, fence_stopped
+from labq.client.explain import explain
 from labq.client.interrupts import sigterm_interrupts, stop_run
 from labq.client.messages import Builder, TaskMessage, build
 from labq.client.progress import Progress
@@ -48,7 +49,7 @@ from labq.errors import (
 )
 from labq.keys import RUN_KWARG, SCRIPT_KWARG, cancel_key, starts_key
 from labq.outcome import Outcome, outcome_from_meta
-from labq.redis_client import connect, describe, retrying
+from labq.redis_client import auth_failed, connect, retrying, unavailable
 from labq.settings import Settings, mask_url
 from labq.worker.liveness import WorkerWatch
 
@@ -102,10 +103,10 @@ class Run:
             self.redis.ping()
             record_start(self.redis, self.id, name, self.script)
         except redis.RedisError as exc:
+            hint = "" if auth_failed(exc) else "; is the stack up and LABQ_BROKER_URL right?"
             raise BrokerUnavailable(
-                f"run {name!r}: Redis at {mask_url(self.settings.backend_url)} is unreachable "
-                f"({describe(exc, self.settings)}); is the stack up and LABQ_BROKER_URL right?"
-            ) from exc
+                f"run {name!r}: {unavailable(self.settings.backend_url, exc, self.settings)}"
+                f"{hint}") from exc
         print(f"labq: run {self.id} started; stop it from another shell with "
               f"'labq cancel {self.id}'", file=sys.stderr, flush=True)
 
@@ -273,6 +274,8 @@ class Run:
         for task_id, raw, start in zip(ids, metas, starts, strict=True):
             new = outcome_from_meta(self._state.outcome(task_id), json.loads(raw) if raw else None,
                                     json.loads(start) if start else None)
+            if new.status.final and new.error is not None:
+                new = explain(self.app, new)
             self._state.update(new)
             if new.status.final:
                 done.append(new)

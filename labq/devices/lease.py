@@ -31,6 +31,7 @@ import redis
 from labq.devices import lease_scripts as scripts
 from labq.errors import BrokerUnavailable, DeviceBusy, LeaseError
 from labq.keys import DEVICES_KEY, PREFIX, RESERVED_SUFFIXES, held_key, lease_keys, waiting_key
+from labq.redis_client import unavailable
 from labq.settings import mask_url
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class Leases:
             return script(keys=list(keys), args=self._argv(*args))
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise BrokerUnavailable(
-                f"device leases: Redis at {masked_url(self.client)} unavailable: {exc}") from exc
+                f"device leases: {unavailable(masked_url(self.client), exc)}") from exc
 
     def acquire(self, device: str, holder: str, max_sessions: int, *, task: str = "",
                 worker: str = "", ttl: float | None = None,

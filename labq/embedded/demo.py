@@ -8,30 +8,21 @@ them as any testscript would run (a separate process, configured by
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
 
 import click
 
+from labq.embedded.ports import port_free
 from labq.embedded.stack import PROJECT_ROOT, Stack, child_env
 from labq.settings import Settings
 
 TESTSCRIPT = PROJECT_ROOT / "examples" / "testscript.py"
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def run_demo(settings: Settings, keep: bool = False) -> int:
-    if not _port_free(settings.flower_address, settings.flower_port):
+    if not port_free(settings.flower_address, settings.flower_port):
         settings = settings.replace(flower_port=0)  # someone else has 5555
     stack = Stack(settings, redis_port=0)
     click.echo("starting Redis, the simulated lab, workers lab-a and lab-b, and Flower ...")
@@ -47,6 +38,13 @@ def run_demo(settings: Settings, keep: bool = False) -> int:
             while True:
                 stack.check_alive()
                 time.sleep(1.0)
+        if sys.stdin.isatty():
+            # A person at the terminal may want to look at Flower first.
+            click.echo("Press Enter to tear the stack down (labq demo --keep keeps it up "
+                       "until Ctrl-C).")
+            sys.stdin.readline()
+        else:
+            click.echo("labq demo --keep keeps the stack up, Flower included, until Ctrl-C.")
         return code
     except KeyboardInterrupt:
         return 0 if keep else 130

@@ -52,3 +52,17 @@ def _ephemeral_start(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> in
 def free_port(host: str = "127.0.0.1") -> int:
     """One TCP port free on ``host`` right now (see :func:`free_ports`)."""
     return free_ports(1, host)[0]
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (TCP). With
+    ``SO_REUSEADDR``, as Redis and asyncio's servers bind: a port a stopped
+    server left in TIME_WAIT is free, one something listens on is not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from labq.embedded.ports import free_port
+from labq.devices.testbed_yaml import load_testbed
+from labq.embedded.ports import free_port, port_free
 from labq.embedded.processes import spawn, stop_trees
 from labq.embedded.redis_server import RedisServer
 from labq.embedded.sim.process import SimProcess
@@ -70,6 +71,10 @@ def worker_argv(settings: Settings, name: str, queues: Sequence[str],
     ]
 
 
+#: Flower's ``tasks_columns`` unless FLOWER_TASKS_COLUMNS says otherwise.
+FLOWER_TASKS_COLUMNS = "name,kwargs,state,worker,received,runtime,uuid"
+
+
 def flower_argv(settings: Settings) -> list[str]:
     """The ``celery flower`` command line; auth travels in the environment."""
     return [
@@ -87,6 +92,8 @@ def child_env(settings: Settings) -> dict[str, str]:
     settings = settings.replace(testbed=settings.testbed.resolve(),
                                 state_dir=settings.state_dir.resolve())
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    # Flower's task list: which device (and run) each task is for, first.
+    env.setdefault("FLOWER_TASKS_COLUMNS", FLOWER_TASKS_COLUMNS)
     if settings.flower_password:
         env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password}"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
@@ -133,7 +140,30 @@ class Stack:
             raise
         return self
 
+    def _check_ports(self) -> None:
+        """Refuse, naming them, ports another process holds: a second ``labq up``
+        or ``labq demo`` on the same testbed would otherwise die in the sim."""
+        wanted: list[tuple[str, int, str]] = []
+        if self.with_sim:
+            for device in load_testbed(self.settings.testbed):
+                for conn in device.connections.values():
+                    if conn.ip and conn.port and not device.sim.get("unreachable"):
+                        wanted.append((conn.ip, conn.port, f"device {device.name}"))
+        if self.redis_port:
+            wanted.append(("127.0.0.1", self.redis_port, "Redis"))
+        if self.with_flower and self.settings.flower_port:
+            wanted.append((self.settings.flower_address, self.settings.flower_port, "Flower"))
+        taken = [(host, port, what) for host, port, what in wanted if not port_free(host, port)]
+        if taken:
+            shown = ", ".join(f"{port} ({what})" for _, port, what in taken[:6])
+            more = f" and {len(taken) - 6} more" if len(taken) > 6 else ""
+            raise StackError(
+                f"ports {shown}{more} are in use, most likely by another labq up or labq demo: "
+                "stop it (Ctrl-C in its shell), or pick other ports: --redis-port 0 "
+                "--flower-port 0, and a testbed whose devices use free ports (LABQ_TESTBED)")
+
     def _start(self) -> None:
+        self._check_ports()
         if self.with_sim:
             self.sim = SimProcess(self.settings.testbed, state_dir=self.state_dir / "sim",
                                   log_path=self.log_dir / "sim.log").start()

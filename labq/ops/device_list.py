@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -12,8 +13,14 @@ from rich.table import Table
 from labq.devices.lease import Leases
 from labq.devices.testbed_yaml import load_testbed
 from labq.errors import BrokerUnavailable
-from labq.redis_client import connect
-from labq.settings import Settings, mask_url
+from labq.redis_client import connect, unavailable
+from labq.settings import Settings
+
+
+def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort ``r2`` before ``r10``: runs of digits compare as numbers."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part)
+                 for part in re.split(r"(\d+)", name) if part)
 
 
 def device_rows(settings: Settings) -> list[dict[str, Any]]:
@@ -23,11 +30,11 @@ def device_rows(settings: Settings) -> list[dict[str, Any]]:
     try:
         state = {d.device: d for d in Leases(client).snapshot()}
     except redis.RedisError as exc:
-        raise BrokerUnavailable(f"Redis at {mask_url(settings.broker_url)}: {exc}") from exc
+        raise BrokerUnavailable(unavailable(settings.broker_url, exc, settings)) from exc
     finally:
         client.close()
     rows = []
-    for name in sorted(set(testbed.devices) | set(state)):
+    for name in sorted(set(testbed.devices) | set(state), key=natural_key):
         dev = testbed.devices.get(name)
         leases = state.get(name)
         rows.append({

@@ -43,6 +43,7 @@ from labq.keys import (
     fenced_key,
     starts_key,
 )
+from labq.redis_client import unavailable
 from labq.settings import Settings, mask_url
 from labq.worker.liveness import WorkerBeat, read_workers
 
@@ -129,7 +130,7 @@ def _redis(url: str) -> Iterator[redis.Redis]:
     try:
         yield client
     except redis.RedisError as exc:
-        raise BrokerUnavailable(f"Redis at {mask_url(url)}: {exc}") from exc
+        raise BrokerUnavailable(unavailable(url, exc)) from exc
     finally:
         client.close()
 

@@ -20,13 +20,15 @@ def test_demo_prints_every_status_and_writes_a_report_a_browser_shows(
 ) -> None:
     env = {**os.environ, "LABQ_STATE_DIR": str(tmp_path), "LABQ_FLOWER_PORT": "0",
            "LABQ_SHUTDOWN_TIMEOUT": "5", "COLUMNS": "160"}
-    out = subprocess.run([LABQ, "demo"], env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([LABQ, "demo"], env=env, capture_output=True, text=True, timeout=300,
+                         stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
     for status in ("succeeded", "soft_timeout", "hard_timeout", "failed"):
         assert status in text, status
     assert "AuthenticationFailed" in text and "DeviceUnreachable" in text
     assert re.search(r"Flower: http://127\.0\.0\.1:\d+", text)
+    assert "labq demo --keep keeps the stack up" in text
     report = Path(re.search(r"report: (\S+\.html)", text).group(1))  # type: ignore[union-attr]
     assert report.is_file()
 

@@ -19,9 +19,11 @@ from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.support.ui import WebDriverWait
 
+import labq
 from conftest import ARTIFACTS
 from labq.app import LabqCelery
 from labq.embedded.stack import Stack
+from tasks.device import execute
 
 # Cell texts of every row of a DataTable, read in one script call so that an
 # autorefresh redrawing the table cannot leave us holding stale elements.
@@ -135,3 +137,47 @@ def test_tasks_page_shows_the_task_just_run(
     assert "SUCCESS" in row
     assert any(cell in stack.node_names for cell in row), row
     assert shot.stat().st_size > 0
+
+
+def test_the_task_list_shows_each_device_tasks_device_and_run(
+    browser: webdriver.Chrome, stack: Stack, app: LabqCelery
+) -> None:
+    with labq.Run("flower-devices", app=app, progress=False) as run:
+        run.submit(execute, device="a5", command="show version")
+        run.submit(execute, device="b5", command="show version")
+    by_device = {o.device: o for o in run.outcomes}
+    assert all(o.ok for o in by_device.values()), run.outcomes
+
+    log_in(browser, stack)
+    browser.get(stack.flower_url + "/tasks")
+    assert navigation_status(browser) == 200
+    headers: list[str] = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#tasks-table thead th'))"
+        ".map(th => th.innerText.trim());")
+    assert [h.lower() for h in headers[:2]] == ["name", "kwargs"], headers
+
+    def device_rows(driver: webdriver.Chrome) -> dict[str, list[str]] | None:
+        found = {}
+        for row in table_rows(driver, "#tasks-table"):
+            for device, outcome in by_device.items():
+                if outcome.task_id in row:
+                    found[device] = row
+        if len(found) == len(by_device):
+            return found
+        if time.monotonic() > next_refresh[0]:
+            next_refresh[0] = time.monotonic() + 3
+            driver.refresh()
+        return None
+
+    next_refresh = [time.monotonic() + 3]
+    try:
+        rows = WebDriverWait(browser, 30, poll_frequency=0.5).until(device_rows)
+    except TimeoutException:
+        screenshot(browser, "flower-device-tasks.png")
+        pytest.fail(f"device tasks not on Flower's tasks page: {table_rows(browser, '#tasks-table')}")
+    shot = screenshot(browser, "flower-device-tasks.png")
+    assert shot.stat().st_size > 0
+    for device, row in rows.items():
+        # The kwargs cell, second: the device first, then the run, no testscript name.
+        assert row[1].startswith(f"{{'device': '{device}', 'labq_run': '{run.id}'"), row
+        assert "labq_script" not in row[1]

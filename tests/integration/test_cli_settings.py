@@ -11,10 +11,15 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+import labq as labq_api
+from labq.embedded.ports import free_port
+from labq.embedded.redis_server import RedisServer
+from labq.errors import BrokerUnavailable
 from labq.settings import Settings
 
 LABQ = str(Path(sys.executable).parent / "labq")
@@ -120,3 +125,48 @@ def test_a_testscript_and_labq_devices_find_the_testbed_from_another_directory(
     assert missing.stderr.strip() == (
         "labq: error: lab/none.yaml: no such testbed file in /tmp or its parents; point "
         "LABQ_TESTBED (or testbed: in the config file, or --testbed) at it")
+
+
+@pytest.mark.parametrize("password", ["wrong-password", ""], ids=["wrong", "none"])
+def test_refused_credentials_are_named_as_such_not_as_unreachable(
+        redis_server: RedisServer, tmp_path: Path, password: str) -> None:
+    url = f"redis://:{password}@127.0.0.1:{redis_server.port}/0" if password else \
+        f"redis://127.0.0.1:{redis_server.port}/0"
+    masked = f"redis://:****@127.0.0.1:{redis_server.port}/0" if password else url
+    for command in (["status", "--broker", url], ["devices"]):
+        out = labq(*command, env={"LABQ_BROKER_URL": url})
+        assert out.returncode == 2, out.stderr
+        assert f"authentication failed for user 'default' at {masked}" in out.stderr, out.stderr
+        assert "unreachable" not in out.stderr and "HELLO must be called" not in out.stderr
+        assert password not in out.stderr or not password
+    settings = Settings.load(env={}, config_file=os.devnull, state_dir=tmp_path, broker_url=url)
+    with pytest.raises(BrokerUnavailable, match="authentication failed for user 'default'"):
+        labq_api.Run("auth", settings=settings, progress=False)
+
+
+def test_flower_without_a_password_needs_no_auth_said_out_loud(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    env = {"LABQ_BROKER_URL": redis_server.url, "LABQ_STATE_DIR": str(tmp_path)}
+    refused = labq("flower", env=env)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("labq: error: Flower needs LABQ_FLOWER_PASSWORD")
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LABQ_", "FLOWER_"))}
+    proc = subprocess.Popen([LABQ, "flower", "--no-auth", "--port", str(port)],
+                            env={**clean, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        status = 0
+        while time.monotonic() < deadline and status != 200:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/workers", timeout=2) as r:
+                    status = r.status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200  # served without credentials, as asked
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert f"labq: warning: Flower on 127.0.0.1:{port} serves without auth (--no-auth)" in err

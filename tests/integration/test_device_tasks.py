@@ -257,3 +257,29 @@ def test_a_device_passed_positionally_is_routed_like_device_equals(app: LabqCele
     assert outcome.status is labq.Status.SUCCEEDED, outcome.error
     assert outcome.device == "b3" and outcome.worker is not None and "lab-b" in outcome.worker
     assert "b3 uptime" in outcome.value
+
+
+@pytest.mark.parametrize(("password", "refused"), [("cisco", False), ("not-cisco", True)])
+def test_unicon_maps_a_refused_login_by_its_type(tmp_path: Path, password: str,
+                                                 refused: bool) -> None:
+    mock = Path(sys.executable).with_name("mock_device_cli")
+    need(mock.exists(), "the pyats extra is not installed (pip install -e '.[pyats]')")
+    from labq.devices.drivers import open_session
+    from labq.devices.testbed_yaml import load_testbed
+    from labq.embedded.sim.testbeds import write_testbed
+
+    path = write_testbed(tmp_path / "unicon.yaml", {"u9": {
+        "os": "iosxe", "type": "router",
+        "connections": {"defaults": {"class": "unicon.Unicon"},
+                        "cli": {"command": f"{mock} --os iosxe --state general_login "
+                                           "--hostname u9"}}}},
+        username="cisco", password=password)
+    dev = load_testbed(path).device("u9")
+    if not refused:
+        session = open_session(dev, 20)
+        session.close()
+        return
+    # unicon says CredentialsExhaustedError, with no "auth" in its words.
+    with pytest.raises(labq.AuthenticationFailed, match=r"'u9' .* refused the login") as info:
+        open_session(dev, 20)
+    assert type(info.value.__cause__).__name__ == "CredentialsExhaustedError"

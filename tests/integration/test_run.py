@@ -291,3 +291,20 @@ def test_a_tasks_own_limits_apply_and_are_checked(app: LabqCelery) -> None:
             run.submit(diag.sleep, seconds=0)
     finally:
         own.soft_time_limit = own.time_limit = None
+
+
+def test_a_task_the_workers_do_not_know_says_which_and_what_to_do(app: LabqCelery) -> None:
+    # Known to this client only: as a module added after the workers started.
+    @app.task(name="tasks.added_later.hello", shared=False)
+    def hello() -> str:
+        return "hello"
+
+    with labq.Run("late-module", app=app, progress=False) as run:
+        run.submit("tasks.added_later.hello")
+    [outcome] = run.outcomes
+    assert outcome.status is labq.Status.FAILED
+    assert outcome.error is not None and outcome.error.type == "NotRegistered"
+    message = outcome.error.message
+    assert "task 'tasks.added_later.hello' is not registered on the workers" in message
+    assert all(node in message for node in ("lab-a", "lab-b")), message
+    assert "Restart the workers" in message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,8 +18,12 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from conftest import need
 from labq.app import LabqCelery
+from labq.embedded.ports import free_ports
 from labq.embedded.processes import spawn, stop_tree
+from labq.embedded.sim.testbeds import device_entry, write_testbed
 from labq.embedded.stack import Stack, child_env, node_name
+from labq.errors import StackError
+from labq.settings import Settings
 
 LABQ = str(Path(sys.executable).with_name("labq"))
 
@@ -167,3 +172,21 @@ def test_celery_worker_with_a_threads_pool_is_refused(stack: Stack) -> None:
                          timeout=60)
     assert out.returncode != 0
     assert "threads" in out.stderr and "prefork" in out.stderr
+
+
+def test_a_second_stack_names_the_ports_another_one_holds(tmp_path: Path) -> None:
+    # As labq demo while labq up runs: the sim's device ports are taken.
+    taken, free = free_ports(2)
+    testbed = write_testbed(tmp_path / "testbed.yaml", {
+        "r1": device_entry("127.0.0.1", taken), "r2": device_entry("127.0.0.1", free)})
+    settings = Settings.load(env={}, config_file=os.devnull, state_dir=tmp_path,
+                             testbed=testbed, flower_port=0)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", taken))
+        holder.listen()
+        with pytest.raises(StackError) as info:
+            Stack(settings, redis_port=0).start()
+    assert str(info.value).startswith(f"ports {taken} (device r1) are in use, most likely by "
+                                      "another labq up or labq demo: stop it")
+    assert str(free) not in str(info.value)
+    assert "--redis-port 0 --flower-port 0" in str(info.value)

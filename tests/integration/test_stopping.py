@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery.states import READY_STATES
 
 import labq
 from conftest import FREE_DEVICES
 from labq.app import LabqCelery
 from labq.devices.lease import Leases
 from labq.embedded.stack import Stack, child_env
-from labq.keys import starts_key
+from labq.keys import RESULT_PREFIX, UNACKED_KEY, starts_key
 from tasks import diag
 
 SCRIPT = textwrap.dedent("""
@@ -83,20 +84,24 @@ def wait_started(client: redis.Redis, run_id: str, count: int, timeout: float = 
     assert client.hlen(starts_key(run_id)) >= count
 
 
-def assert_nothing_left(stack: Stack, app: LabqCelery, client: redis.Redis, run_id: str,
-                        devices: list[str], since: float) -> None:
+def assert_nothing_left(stack: Stack, client: redis.Redis, run_id: str, devices: list[str],
+                        since: float) -> None:
     """No task of the run runs, no lease is held and no simulated session is
-    open, within the cancel's 2 s grace and a margin."""
+    open, within the cancel's 2 s grace and a margin. Read from Redis and the
+    sim alone (a remote-control broadcast from this process would leave
+    kombu's threads behind in the forks of later tests)."""
     assert stack.sim is not None
     deadline = since + 8
     running: list[str] = []
     while time.monotonic() < deadline:
-        active = app.control.inspect(timeout=1).active() or {}
-        running = [t["id"] for tasks in active.values() for t in tasks
-                   if run_id in json.dumps(t.get("kwargs", {}))]
+        started = [t.decode() for t in client.hkeys(starts_key(run_id))]
+        results = client.mget([RESULT_PREFIX + t for t in started]) if started else []
+        running = [t for t, raw in zip(started, results, strict=True)
+                   if not raw or json.loads(raw).get("status") not in READY_STATES]
+        unacked = [m for m in client.hvals(UNACKED_KEY) if run_id.encode() in m]
         held = [d.device for d in Leases(client).snapshot() if d.device in devices and d.holders]
         sessions = [d for d in devices if stack.sim.state(d, events=False)["sessions"]]
-        if not running and not held and not sessions:
+        if not running and not unacked and not held and not sessions:
             return
         time.sleep(0.2)
     raise AssertionError(f"still running {running}, leases on {held}, sessions on {sessions}")
@@ -105,7 +110,7 @@ def assert_nothing_left(stack: Stack, app: LabqCelery, client: redis.Redis, run_
 @pytest.mark.parametrize(("sig", "status", "said"), [(signal.SIGINT, 130, "Ctrl-C"),
                                                      (signal.SIGTERM, 143, "SIGTERM")])
 def test_a_signal_cancels_says_so_prints_the_table_and_exits(
-        stack: Stack, app: LabqCelery, tmp_path: Path, sig: signal.Signals, status: int,
+        stack: Stack, tmp_path: Path, sig: signal.Signals, status: int,
         said: str) -> None:
     devices = FREE_DEVICES[:24] if sig == signal.SIGINT else FREE_DEVICES[24:40]
     client = redis.Redis.from_url(stack.settings.broker_url)
@@ -124,11 +129,11 @@ def test_a_signal_cancels_says_so_prints_the_table_and_exits(
     assert f"cancelled by {said}" in script.text  # the results table's title
     assert "OUTCOMES" not in script.text  # the script itself stopped
     assert script.report.exists() and run_id in script.report.read_text()
-    assert_nothing_left(stack, app, client, run_id, devices, sent)
+    assert_nothing_left(stack, client, run_id, devices, sent)
 
 
 def test_labq_cancel_from_another_shell_stops_a_run_being_gathered(
-        stack: Stack, app: LabqCelery, tmp_path: Path) -> None:
+        stack: Stack, tmp_path: Path) -> None:
     devices = FREE_DEVICES[:20]
     client = redis.Redis.from_url(stack.settings.broker_url)
     script = Script(stack, tmp_path, "remote-cancel", devices)
@@ -146,7 +151,7 @@ def test_labq_cancel_from_another_shell_stops_a_run_being_gathered(
     assert set(outcomes) <= {"cancelled", "hard_timeout", "soft_timeout"}
     assert "cancelled" in outcomes
     assert f"run {run_id} was cancelled from another shell" in script.text
-    assert_nothing_left(stack, app, client, run_id, devices, sent)
+    assert_nothing_left(stack, client, run_id, devices, sent)
 
 
 def test_labq_cancel_names_what_it_cannot_find(stack: Stack) -> None:
@@ -179,3 +184,13 @@ def test_an_interrupt_that_the_task_turned_into_another_error_still_counts(
         assert outcome.error is not None and outcome.error.type == "TaskCancelled"
     finally:
         cancelled.close()
+
+
+def test_a_hard_timeout_says_what_happened(app: LabqCelery) -> None:
+    with labq.Run("hard", app=app, progress=False) as run:
+        run.submit(diag.stubborn, soft_time_limit=1, time_limit=3)
+    [outcome] = run.outcomes
+    assert outcome.status is labq.Status.HARD_TIMEOUT, outcome
+    assert outcome.error is not None and outcome.error.type == "TimeLimitExceeded"
+    assert outcome.error.message == ("hard time limit (3 s) reached: the task and every "
+                                     "process it started were killed"), outcome.error.message

@@ -180,3 +180,19 @@ def test_env_files_hold_only_known_settings_and_placeholder_secrets(path: Path) 
             assert "@" not in value or "CHANGE-ME" in value, (key, value)
         if "PASSWORD" in key:
             assert "CHANGE-ME" in value, key
+
+
+def test_a_worker_queue_no_device_is_on_is_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: seen.update(argv=argv))
+    monkeypatch.setattr(os, "chdir", lambda path: None)
+    clean = {k: None for k in os.environ if k.startswith("LABQ_")}
+    testbed = str(ROOT / "config" / "testbed.yaml")
+    result = CliRunner().invoke(
+        cli.main, ["worker", "-Q", "lab-a,lab-q"], env={**clean, "LABQ_TESTBED": testbed},
+        catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"labq: warning: no device in {testbed} is on queue 'lab-q' (its queues: lab-a, "
+        "lab-b); this worker gets no device task from it"]
+    assert "--queues" in seen["argv"]  # it still starts: the warning is no refusal

@@ -55,7 +55,7 @@ class UniconSession(Session):
         except Exception as exc:  # unicon raises its own ConnectionError, or others
             _kill(conn)
             _reraise_soft_limit(exc)
-            if "auth" in str(exc).lower() or "password" in type(exc).__name__.lower():
+            if _refused_login(exc):
                 raise AuthenticationFailed.at(device.name, connection.address) from exc
             raise DeviceUnreachable.at(device.name, connection.address,
                                        type(exc).__name__) from exc
@@ -84,17 +84,37 @@ class UniconSession(Session):
         _kill(self._conn)
 
 
-def _reraise_soft_limit(exc: BaseException) -> None:
-    """unicon wraps the soft limit in SubCommandFailure (as its cause or its
-    argument): unwrap it, so the task sees the interrupt it was sent."""
-    from celery.exceptions import SoftTimeLimitExceeded
+#: unicon's errors for a refused login or enable password.
+_AUTH_ERRORS = ("CredentialsExhaustedError", "UniconAuthenticationError")
 
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc``, its causes and contexts, and exceptions given as their arguments."""
     chain: list[BaseException] = []
     link: BaseException | None = exc
     while link is not None and link not in chain:
         chain.append(link)
         link = link.__cause__ or link.__context__
-    if any(isinstance(x, SoftTimeLimitExceeded) for e in chain for x in (e, *e.args)):
+    return chain + [a for e in chain for a in e.args if isinstance(a, BaseException)]
+
+
+def _refused_login(exc: BaseException) -> bool:
+    """Whether unicon failed because the device refused the credentials: by
+    the error's type anywhere in its chain, never by words in a message."""
+    try:
+        from unicon.core import errors
+    except ImportError:
+        return False
+    kinds = tuple(getattr(errors, name) for name in _AUTH_ERRORS if hasattr(errors, name))
+    return any(isinstance(e, kinds) for e in _chain(exc))
+
+
+def _reraise_soft_limit(exc: BaseException) -> None:
+    """unicon wraps the soft limit in SubCommandFailure (as its cause or its
+    argument): unwrap it, so the task sees the interrupt it was sent."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    if any(isinstance(e, SoftTimeLimitExceeded) for e in _chain(exc)):
         raise SoftTimeLimitExceeded() from exc
 
 

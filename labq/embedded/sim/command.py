@@ -20,7 +20,7 @@ import click
               type=click.Path(dir_okay=False, path_type=Path),
               help="Write the control URL and every device's port here once listening.")
 @click.option("--loglevel", "-l", envvar="LABQ_LOGLEVEL", show_envvar=True, default="INFO",
-              show_default=True)
+              show_default=True, help="Log level of the simulated lab's own log lines.")
 def sim(testbed: Path | None, control_port: int, ready_file: Path | None, loglevel: str) -> None:
     """Run the simulated lab: one SSH server per testbed device, until Ctrl-C.
 
