@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from selenium import webdriver
@@ -27,6 +28,8 @@ from tasks.device import execute
 
 # Cell texts of every row of a DataTable, read in one script call so that an
 # autorefresh redrawing the table cannot leave us holding stale elements.
+T = TypeVar("T")
+
 TABLE_ROWS_JS = """
 return Array.from(document.querySelectorAll(arguments[0] + ' tbody tr')).map(
     tr => Array.from(tr.cells).map(td => td.innerText.trim()));
@@ -63,6 +66,28 @@ def screenshot(driver: webdriver.Chrome, name: str) -> Path:
     path = ARTIFACTS / name
     assert driver.save_screenshot(str(path)), f"could not save {path}"
     return path
+
+
+def wait_for_tasks(driver: webdriver.Chrome, found: Callable[[list[list[str]]], T | None],
+                   shot: str) -> T:
+    """Poll Flower's tasks page until ``found(rows)`` returns something; the
+    tasks DataTable loads once per page view, so the page is reloaded to poll."""
+    next_refresh = time.monotonic() + 3
+
+    def poll(d: webdriver.Chrome) -> T | None:
+        nonlocal next_refresh
+        hit = found(table_rows(d, "#tasks-table"))
+        if hit is None and time.monotonic() > next_refresh:
+            next_refresh = time.monotonic() + 3
+            d.refresh()
+        return hit
+
+    try:
+        hit: T = WebDriverWait(driver, 30, poll_frequency=0.5).until(poll)
+    except TimeoutException:
+        screenshot(driver, shot)
+        pytest.fail(f"not on Flower's tasks page: {table_rows(driver, '#tasks-table')}")
+    return hit
 
 
 def test_flower_refuses_the_browser_without_credentials(
@@ -115,23 +140,10 @@ def test_tasks_page_shows_the_task_just_run(
     browser.get(stack.flower_url + "/tasks")
     assert navigation_status(browser) == 200
 
-    def task_row(driver: webdriver.Chrome) -> list[str] | None:
-        rows = table_rows(driver, "#tasks-table")
-        for row in rows:
-            if "tasks.diag.echo" in row and task_id in row:
-                return row
-        if time.monotonic() > next_refresh[0]:
-            # The tasks DataTable loads once per page view; reload to poll.
-            next_refresh[0] = time.monotonic() + 3
-            driver.refresh()
-        return None
+    def task_row(rows: list[list[str]]) -> list[str] | None:
+        return next((r for r in rows if "tasks.diag.echo" in r and task_id in r), None)
 
-    next_refresh = [time.monotonic() + 3]
-    try:
-        row = WebDriverWait(browser, 30, poll_frequency=0.5).until(task_row)
-    except TimeoutException:
-        screenshot(browser, "flower-tasks.png")
-        pytest.fail(f"{task_id} not on Flower's tasks page: {table_rows(browser, '#tasks-table')}")
+    row = wait_for_tasks(browser, task_row, "flower-tasks.png")
     shot = screenshot(browser, "flower-tasks.png")
 
     assert "SUCCESS" in row
@@ -156,25 +168,12 @@ def test_the_task_list_shows_each_device_tasks_device_and_run(
         ".map(th => th.innerText.trim());")
     assert [h.lower() for h in headers[:2]] == ["name", "kwargs"], headers
 
-    def device_rows(driver: webdriver.Chrome) -> dict[str, list[str]] | None:
-        found = {}
-        for row in table_rows(driver, "#tasks-table"):
-            for device, outcome in by_device.items():
-                if outcome.task_id in row:
-                    found[device] = row
-        if len(found) == len(by_device):
-            return found
-        if time.monotonic() > next_refresh[0]:
-            next_refresh[0] = time.monotonic() + 3
-            driver.refresh()
-        return None
+    def device_rows(rows: list[list[str]]) -> dict[str, list[str]] | None:
+        found = {device: row for row in rows for device, outcome in by_device.items()
+                 if outcome.task_id in row}
+        return found if len(found) == len(by_device) else None
 
-    next_refresh = [time.monotonic() + 3]
-    try:
-        rows = WebDriverWait(browser, 30, poll_frequency=0.5).until(device_rows)
-    except TimeoutException:
-        screenshot(browser, "flower-device-tasks.png")
-        pytest.fail(f"device tasks not on Flower's tasks page: {table_rows(browser, '#tasks-table')}")
+    rows = wait_for_tasks(browser, device_rows, "flower-device-tasks.png")
     shot = screenshot(browser, "flower-device-tasks.png")
     assert shot.stat().st_size > 0
     for device, row in rows.items():
