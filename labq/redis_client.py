@@ -36,6 +36,11 @@ T = TypeVar("T")
 RETRY_INTERVAL = 0.5
 
 
+def text(value: Any) -> str:
+    """A Redis reply as ``str``: bytes decoded as UTF-8, anything else by ``str()``."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def uses_tls(url: str) -> bool:
     return url.startswith("rediss://")
 

@@ -22,6 +22,7 @@ from labq.client.run_state import RunState
 from labq.errors import BrokerUnavailable
 from labq.keys import RESULT_PREFIX, RUN_KWARG, RUN_TTL, cancel_key, starts_key
 from labq.outcome import Status
+from labq.redis_client import text
 
 
 def cancel_run(state: RunState, client: redis.Redis, control: Any,
@@ -41,7 +42,8 @@ def cancel_run(state: RunState, client: redis.Redis, control: Any,
     pending = state.pending()
     if not pending:
         return
-    purge_queued(client, state.queues, set(pending))
+    waiting = set(pending)
+    purge(client, state.queues, lambda m: _task_id(m) in waiting)
     control.revoke(pending)  # workers drop these if a message still arrives
     running = [t for t in pending if state.outcome(t).status is Status.RUNNING]
     if running:
@@ -60,19 +62,37 @@ def cancel_run(state: RunState, client: redis.Redis, control: Any,
     state.end(state.pending(), Status.CANCELLED, finished_at=datetime.now(timezone.utc))
 
 
-def purge_queued(client: redis.Redis, queues: frozenset[str], ids: set[str]) -> None:
-    """Take the messages of ``ids`` off the Redis ``queues`` they wait in."""
+def purge(client: redis.Redis, queues: frozenset[str],
+          wanted: Callable[[dict[str, Any]], bool]) -> int:
+    """Take the messages for which ``wanted(envelope)`` holds off ``queues``;
+    how many were taken."""
+    taken = 0
     for queue in queues:
         try:
             for raw in client.lrange(queue, 0, -1):
                 try:
-                    task_id = json.loads(raw)["headers"]["id"]
-                except (ValueError, KeyError, TypeError):
+                    envelope = json.loads(raw)
+                except ValueError:
                     continue
-                if task_id in ids:
-                    client.lrem(queue, 1, raw)  # type: ignore[arg-type]
+                if isinstance(envelope, dict) and wanted(envelope):
+                    taken += int(client.lrem(queue, 1, raw))  # type: ignore[arg-type]
         except redis.RedisError:
             continue  # the durable flag still stops them
+    return taken
+
+
+def _task_id(envelope: dict[str, Any]) -> str | None:
+    headers = envelope.get("headers")
+    return headers.get("id") if isinstance(headers, dict) else None
+
+
+def _run_of(envelope: dict[str, Any]) -> str | None:
+    """The run a queued message belongs to (its ``labq_run`` keyword argument)."""
+    try:
+        body = json.loads(base64.b64decode(envelope["body"]))
+        return str(body[1].get(RUN_KWARG)) if isinstance(body[1], dict) else None
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -99,10 +119,10 @@ def cancel_by_id(client: redis.Redis, control: Any, run: RunInfo, grace: float) 
     """
     try:
         client.set(cancel_key(run.id), "1", ex=RUN_TTL)
-        started = [_s(t) for t in client.hkeys(starts_key(run.id))]
+        started = [text(t) for t in client.hkeys(starts_key(run.id))]
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"cannot record the cancel of {run.id!r}: {exc}") from exc
-    dropped = purge_run(client, frozenset(run.queues), run.id)
+    dropped = purge(client, frozenset(run.queues), lambda m: _run_of(m) == run.id)
 
     def unfinished(ids: list[str]) -> list[str]:
         if not ids:
@@ -129,29 +149,6 @@ def cancel_by_id(client: redis.Redis, control: Any, run: RunInfo, grace: float) 
     return RemoteCancel(run.id, dropped, len(running), len(still))
 
 
-def purge_run(client: redis.Redis, queues: frozenset[str], run_id: str) -> int:
-    """Take the messages of run ``run_id`` off ``queues``; how many were taken."""
-    taken = 0
-    for queue in queues:
-        try:
-            for raw in client.lrange(queue, 0, -1):
-                if _run_of(raw) == run_id:
-                    taken += int(client.lrem(queue, 1, raw))  # type: ignore[arg-type]
-        except redis.RedisError:
-            continue  # the durable flag still stops them
-    return taken
-
-
-def _run_of(raw: bytes | str) -> str | None:
-    """The run a queued message belongs to (its ``labq_run`` keyword argument)."""
-    try:
-        envelope = json.loads(raw)
-        body = json.loads(base64.b64decode(envelope["body"]))
-        return str(body[1].get(RUN_KWARG)) if isinstance(body[1], dict) else None
-    except (ValueError, KeyError, TypeError, IndexError):
-        return None
-
-
 def _final(raw: Any) -> bool:
     """Whether a stored result record is a final one."""
     try:
@@ -159,7 +156,3 @@ def _final(raw: Any) -> bool:
     except ValueError:
         return False
     return isinstance(meta, dict) and meta.get("status") in READY_STATES
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

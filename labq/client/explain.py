@@ -27,8 +27,12 @@ def lacking(app: Any, task: str) -> list[str]:
     return sorted(w for w, names in registered.items() if task not in (names or []))
 
 
-def explain(app: Any, outcome: Outcome) -> Outcome:
-    """``outcome`` with a message that names the cause, where labq knows one."""
+def explain(app: Any, outcome: Outcome, asked: dict[str, list[str]]) -> Outcome:
+    """``outcome`` with a message that names the cause, where labq knows one.
+
+    ``asked`` keeps the workers' answer per task name: a run of a thousand
+    unknown tasks asks them once, not a thousand times.
+    """
     error = outcome.error
     if error is not None and error.type == "TimeLimitExceeded":
         # Celery's message is the limit alone ("3").
@@ -37,7 +41,9 @@ def explain(app: Any, outcome: Outcome) -> Outcome:
             "started were killed"), error.traceback))
     if error is None or error.type != "NotRegistered":
         return outcome
-    workers = lacking(app, outcome.task)
+    if outcome.task not in asked:
+        asked[outcome.task] = lacking(app, outcome.task)
+    workers = asked[outcome.task]
     who = (f"workers {', '.join(workers)} do not know it" if workers
            else "the worker that took it does not know it")
     return replace(outcome, error=RemoteError(error.type, (

@@ -92,6 +92,8 @@ class Run:
         #: Whether the last outcomes to end were all announced on the done
         #: stream (their log lines were read with them).
         self._pushed_last = False
+        #: Workers that lack each unknown task, asked once per name (labq.client.explain).
+        self._lacking: dict[str, list[str]] = {}
         #: Raw publishing templates of single submits (labq.client.publish).
         self._wires: dict[Any, Any] = {}
         self.redis = connect(self.settings.backend_url, self.settings, socket_timeout=10,
@@ -275,7 +277,7 @@ class Run:
             new = outcome_from_meta(self._state.outcome(task_id), json.loads(raw) if raw else None,
                                     json.loads(start) if start else None)
             if new.status.final and new.error is not None:
-                new = explain(self.app, new)
+                new = explain(self.app, new, self._lacking)
             self._state.update(new)
             if new.status.final:
                 done.append(new)

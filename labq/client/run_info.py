@@ -17,6 +17,7 @@ import redis
 
 from labq.errors import BrokerUnavailable, SubmitError
 from labq.keys import RUN_TTL, info_key, info_pattern, run_of_info_key
+from labq.redis_client import text
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,6 @@ def record_queues(client: redis.Redis, run_id: str, queues: set[str]) -> None:
     client.hset(info_key(run_id), "queues", ",".join(sorted(queues)))
 
 
-def _s(value: bytes | str | None) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value or "")
-
-
 def find(client: redis.Redis, prefix: str) -> list[RunInfo]:
     """Every run whose id starts with ``prefix``, newest first."""
     if not prefix:
@@ -68,8 +65,8 @@ def find(client: redis.Redis, prefix: str) -> list[RunInfo]:
     for key, raw in zip(keys, records, strict=True):
         if not raw:  # expired between the scan and the read
             continue
-        fields = {_s(k): _s(v) for k, v in raw.items()}
-        run_id = run_of_info_key(_s(key))
+        fields = {text(k): text(v) for k, v in raw.items()}
+        run_id = run_of_info_key(text(key))
         runs.append(RunInfo(id=run_id, name=fields.get("name", ""),
                             script=fields.get("script", ""), host=fields.get("host", ""),
                             pid=int(fields.get("pid") or 0),

@@ -31,7 +31,7 @@ import redis
 from labq.devices import lease_scripts as scripts
 from labq.errors import BrokerUnavailable, DeviceBusy, LeaseError
 from labq.keys import DEVICES_KEY, PREFIX, RESERVED_SUFFIXES, held_key, lease_keys, waiting_key
-from labq.redis_client import unavailable
+from labq.redis_client import text, unavailable
 from labq.settings import mask_url
 
 log = logging.getLogger(__name__)
@@ -86,10 +86,6 @@ class DeviceLeases:
     device: str
     holders: list[Holder] = field(default_factory=list)
     waiters: list[Waiter] = field(default_factory=list)
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _check(kind: str, name: str) -> None:
@@ -168,9 +164,9 @@ class Leases:
         """The :class:`Grant` or :class:`Wait` that an acquire's ``reply`` means."""
         if int(reply[0]) == 1:
             return Grant(device, holder, int(reply[1]) / 1000)
-        first, now = float(_s(reply[2])), int(reply[3])
+        first, now = float(text(reply[2])), int(reply[3])
         return Wait(position=int(reply[1]), waiting_since=first / 1000,
-                    holders=[_s(h) for h in reply[4]], device=device,
+                    holders=[text(h) for h in reply[4]], device=device,
                     waited=max(0.0, (now - first) / 1000))
 
     def _acquire_input(self, device: str, holder: str, max_sessions: int, *, task: str,
@@ -211,7 +207,7 @@ class Leases:
         _check("holder", holder)
         reply = self._run(self._release_all, [held_key(holder), waiting_key(holder),
                                               DEVICES_KEY], holder)
-        return sorted(_s(d) for d in reply)
+        return sorted(text(d) for d in reply)
 
     def abandon_wait(self, device: str, holder: str) -> bool:
         """Leave the line for ``device``; False if ``holder`` was not in it."""
@@ -236,13 +232,13 @@ class Leases:
         for name, flat_h, infos, flat_w in self._run(self._state, keys, device):
             holders = []
             for i in range(0, len(flat_h), 2):
-                info = json.loads(_s(infos[i // 2])) if infos[i // 2] else {}
-                holders.append(Holder(_s(flat_h[i]), str(info.get("task", "")),
+                info = json.loads(text(infos[i // 2])) if infos[i // 2] else {}
+                holders.append(Holder(text(flat_h[i]), str(info.get("task", "")),
                                       str(info.get("worker", "")), float(info.get("since", 0)),
-                                      float(_s(flat_h[i + 1])) / 1000))
-            waiters = [Waiter(_s(flat_w[i]), i // 2 + 1, float(_s(flat_w[i + 1])) / 1000)
+                                      float(text(flat_h[i + 1])) / 1000))
+            waiters = [Waiter(text(flat_w[i]), i // 2 + 1, float(text(flat_w[i + 1])) / 1000)
                        for i in range(0, len(flat_w), 2)]
-            out.append(DeviceLeases(_s(name), holders, waiters))
+            out.append(DeviceLeases(text(name), holders, waiters))
         return out
 
 

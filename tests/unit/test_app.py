@@ -63,9 +63,17 @@ def test_prefork_is_accepted() -> None:
 
 
 def test_worker_refuses_threads_pool() -> None:
+    from celery import _state
+
     app = create_app(settings())
-    with pytest.raises(ConfigError, match="threads"):
-        app.Worker(pool="threads", concurrency=1)
+    previous = _state.get_current_app()
+    try:
+        with pytest.raises(ConfigError, match="threads"):
+            app.Worker(pool="threads", concurrency=1)
+    finally:
+        # Building a worker makes its app current; later tests rely on labq
+        # never leaving one current.
+        previous.set_current()
 
 
 def test_public_api_is_exactly_all() -> None:

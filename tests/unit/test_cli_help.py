@@ -27,3 +27,13 @@ def test_the_stack_and_the_views_take_the_testbed_and_the_broker() -> None:
     assert "--testbed" in options["up"] and "--testbed" in options["demo"]
     assert "--broker" in options["devices"] and "--broker" in options["status"]
     assert "--broker" in options["cancel"]
+
+
+def test_the_cli_only_variables_are_the_ones_the_commands_read() -> None:
+    # Settings warns about LABQ_* names it does not know; the commands' own
+    # must be on its list, and nothing else may be (compose's password aside).
+    from labq.settings import CLI_ONLY_ENV, Settings
+
+    read = {p.envvar for c in [cli.main, *commands().values()] for p in c.params
+            if isinstance(p.envvar, str)}
+    assert read - set(Settings().to_env()) == CLI_ONLY_ENV - {"LABQ_REDIS_PASSWORD"}
