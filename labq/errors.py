@@ -13,6 +13,8 @@
     ├── DeviceError             about one device (``device``, ``address``)
     │   ├── DeviceUnreachable   no connection to the device
     │   ├── AuthenticationFailed  the device refused the credentials
+    │   ├── DeviceDisconnected  the device closed the connection mid-command
+    │   ├── CommandTimeout      no prompt came back within the read timeout
     │   ├── DeviceBusy          the lease timeout passed while waiting
     │   ├── UnknownDevice       no such device in the testbed
     │   ├── DriverError         no usable driver or connection
@@ -209,6 +211,32 @@ class AuthenticationFailed(DeviceError):
                    device=device, address=address)
 
 
+class DeviceDisconnected(DeviceError):
+    """The device closed the connection while a command ran. Raised as soon
+    as the channel is seen closed, not at a read timeout; names the device,
+    the address, the command and how long it had run."""
+
+    @classmethod
+    def during(cls, device: str, address: str, command: str, elapsed: float,
+               chars: int) -> DeviceDisconnected:
+        return cls(f"device {device!r} at {address} closed the connection during "
+                   f"{command!r} after {elapsed:.1f} s ({chars} chars of output had arrived)",
+                   device=device, address=address)
+
+
+class CommandTimeout(DeviceError):
+    """A command's output did not end in the device's prompt within the read
+    timeout (``execute(..., timeout=)``). Names the device, the command, the
+    timeout and the end of what arrived."""
+
+    @classmethod
+    def during(cls, device: str, address: str, command: str, limit: float,
+               arrived: str) -> CommandTimeout:
+        return cls(f"device {device!r} at {address} sent no prompt within {limit:g} s of "
+                   f"{command!r}; {len(arrived)} chars arrived, ending {arrived[-40:]!r}",
+                   device=device, address=address)
+
+
 class TaskCancelled(LabqError):
     """Raised inside a task whose run was cancelled: before it starts (the
     durable cancel flag in Redis) or when the cancel interrupts it."""
@@ -223,6 +251,18 @@ class SoftTimeout(LabqError):
         self.partial = dict(partial or {})
         # args, not just the message: the JSON result carries the partial output.
         super().__init__(message, self.partial)
+
+    @classmethod
+    def on(cls, device: str, partial: dict[str, str],
+           cut_short: str | None = None) -> SoftTimeout:
+        """The soft timeout of a task on ``device``; ``cut_short`` names the
+        command that was running, whose output in ``partial`` is only what had
+        arrived."""
+        message = f"soft time limit reached on {device!r}"
+        if cut_short is not None:
+            message += (f" during {cut_short!r} ({len(partial.get(cut_short, ''))} chars "
+                        "of its output had arrived)")
+        return cls(message, partial)
 
     def __str__(self) -> str:
         return str(self.args[0])

@@ -87,8 +87,12 @@ SEGMENT_DEVICES = {"lab-a": [f"a{i}" for i in range(1, 11)],
                    "lab-b": [f"b{i}" for i in range(1, 11)]}
 LEASE_DEVICES = [f"l{i}" for i in range(1, 6)]
 FREE_DEVICES = [f"f{i}" for i in range(1, 41)]
+#: Devices whose output trickles, by seconds per character.
+TRICKLE = {"trickle2ms": 0.002, "trickle10ms": 0.01, "trickle30ms": 0.03}
 FAULTY = {"hang": {"hang": "show version"}, "authfail": {"auth_fail": True},
-          "unreach": {"unreachable": True}, "slowpoke": {"latency": 0.3}}
+          "unreach": {"unreachable": True}, "slowpoke": {"latency": 0.3},
+          "drops": {"disconnect_on": "^show version"}, "crawl": {"slow_chars": 0.06},
+          **{name: {"slow_chars": delay} for name, delay in TRICKLE.items()}}
 
 
 def lab_testbed(path: Path) -> Path:

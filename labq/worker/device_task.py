@@ -243,8 +243,9 @@ def _run_on_device(task: DeviceTask, func: Callable[..., Any], device: str,
             except SoftTimeLimitExceeded as exc:
                 # The device may be mid-command: drop the link, don't say goodbye.
                 session.abort()
-                raise SoftTimeout(f"soft time limit reached on {dev.name!r}",
-                                  dict(session.transcript)) from exc
+                pending = session.pending
+                raise SoftTimeout.on(dev.name, session.gathered(),
+                                     pending.command if pending else None) from exc
             finally:
                 session.close()
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -14,10 +15,15 @@ import pytest
 import redis
 
 import labq
-from conftest import FREE_DEVICES, LAB_PASSWORD, LEASE_DEVICES, SEGMENT_DEVICES, need
+from conftest import FREE_DEVICES, LAB_PASSWORD, LEASE_DEVICES, SEGMENT_DEVICES, TRICKLE, need
 from labq.app import LabqCelery
+from labq.embedded.sim.ios_shows import inventory
 from labq.embedded.stack import Stack
+from labq.keys import lease_keys
 from tasks import device
+
+#: ``show clock`` as the sim prints it, whole.
+CLOCK = re.compile(r"\*?\d\d:\d\d:\d\d\.\d{3} UTC \w{3} \w{3} \d\d \d{4}")
 
 
 def run(app: LabqCelery, name: str = "dev") -> labq.Run:
@@ -87,8 +93,13 @@ def test_faulty_devices_end_in_the_right_status(app: LabqCelery, stack: Stack) -
         unreach = r.submit(device.execute, device="unreach", command="show version")
     by_id = {o.task_id: o for o in r.outcomes}
     assert by_id[hang].status is labq.Status.SOFT_TIMEOUT, by_id[hang].error
-    # The output gathered before the interrupt is kept.
-    assert list(by_id[hang].value) == ["show ip interface brief"]
+    # The output gathered before the interrupt is kept; the hung command is named.
+    assert list(by_id[hang].value) == ["show ip interface brief", "show version"]
+    assert "Interface" in by_id[hang].value["show ip interface brief"]
+    assert by_id[hang].value["show version"] == ""
+    assert by_id[hang].error is not None and by_id[hang].error.message == (
+        "soft time limit reached on 'hang' during 'show version' "
+        "(0 chars of its output had arrived)")
     assert by_id[auth].status is labq.Status.FAILED
     assert by_id[auth].error and by_id[auth].error.type == "AuthenticationFailed"
     assert "authfail" in by_id[auth].error.message
@@ -100,6 +111,63 @@ def test_faulty_devices_end_in_the_right_status(app: LabqCelery, stack: Stack) -
     while stack.sim.state("hang")["sessions"] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert stack.sim.state("hang")["sessions"] == 0
+
+
+def test_a_slow_device_returns_its_whole_output_at_any_speed(app: LabqCelery) -> None:
+    # A prompt read half way ("trickle3", "30ms#") must not end the command early.
+    names = list(TRICKLE)
+    with run(app, "trickle") as r:
+        for name in names:
+            r.submit(device.execute, device=name, commands=["show inventory", "show clock"])
+    outcomes = r.outcomes
+    assert [o.status for o in outcomes] == [labq.Status.SUCCEEDED] * 3, [
+        o.error for o in outcomes]
+    for name, outcome in zip(names, outcomes, strict=True):
+        assert outcome.value["show inventory"] == inventory(name), (name, TRICKLE[name])
+        assert CLOCK.fullmatch(outcome.value["show clock"]), (name, outcome.value)
+
+
+def test_a_device_too_slow_for_the_soft_limit_ends_soft_timeout_with_what_arrived(
+        app: LabqCelery, stack: Stack) -> None:
+    with run(app, "crawl") as r:
+        r.submit(device.execute, device="crawl", commands=["show clock", "show version"],
+                 soft_time_limit=7, time_limit=20)
+    [outcome] = r.outcomes
+    assert outcome.status is labq.Status.SOFT_TIMEOUT, outcome.error
+    done, cut = outcome.value["show clock"], outcome.value["show version"]
+    assert CLOCK.fullmatch(done), done
+    # What arrived of the command that was cut short is kept, and said to be partial.
+    assert cut and "Cisco IOS XE Software, Version 17.9.4a".startswith(cut[:38])
+    assert len(cut) < 300
+    assert outcome.error is not None
+    assert f"during 'show version' ({len(cut)} chars of its output had arrived)" in (
+        outcome.error.message)
+    _no_session_left(stack, "crawl")
+
+
+def test_a_dropped_connection_fails_at_once_naming_device_command_and_time(
+        app: LabqCelery, stack: Stack) -> None:
+    with run(app, "drops") as r:
+        r.submit(device.execute, device="drops", commands=["show clock", "show version"],
+                 soft_time_limit=30, time_limit=40)
+    [outcome] = r.outcomes
+    assert outcome.status is labq.Status.FAILED
+    assert outcome.error is not None and outcome.error.type == "DeviceDisconnected"
+    assert re.fullmatch(r"device 'drops' at 127\.0\.0\.1:\d+ closed the connection during "
+                        r"'show version' after \d+\.\d s \(0 chars of output had arrived\)",
+                        outcome.error.message), outcome.error.message
+    assert outcome.duration is not None and outcome.duration < 5  # not the 60 s read timeout
+    _no_session_left(stack, "drops")
+    lease = lease_keys("drops")[0]
+    assert redis.Redis.from_url(stack.settings.broker_url).zrange(lease, 0, -1) == []
+
+
+def _no_session_left(stack: Stack, name: str) -> None:
+    assert stack.sim is not None
+    deadline = time.monotonic() + 5
+    while stack.sim.state(name)["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stack.sim.state(name)["sessions"] == 0
 
 
 def test_leases_hold_under_200_tasks_on_5_devices(app: LabqCelery, stack: Stack) -> None:
@@ -259,9 +327,15 @@ def test_a_device_passed_positionally_is_routed_like_device_equals(app: LabqCele
     assert "b3 uptime" in outcome.value
 
 
-@pytest.mark.parametrize(("password", "refused"), [("cisco", False), ("not-cisco", True)])
-def test_unicon_maps_a_refused_login_by_its_type(tmp_path: Path, password: str,
-                                                 refused: bool) -> None:
+@pytest.mark.parametrize(("state", "password", "enable", "refused"), [
+    ("general_login", "cisco", None, False),
+    ("general_login", "not-cisco", None, True),
+    ("general_exec", "cisco", "cisco", False),
+    # unicon tries the default password after the enable one: both wrong here.
+    ("general_exec", "not-cisco", "not-cisco-either", True),
+], ids=["login", "refused-login", "enable", "refused-enable"])
+def test_unicon_maps_a_refused_login_or_enable_password_by_its_type(
+        tmp_path: Path, state: str, password: str, enable: str | None, refused: bool) -> None:
     mock = Path(sys.executable).with_name("mock_device_cli")
     need(mock.exists(), "the pyats extra is not installed (pip install -e '.[pyats]')")
     from labq.devices.drivers import open_session
@@ -271,12 +345,13 @@ def test_unicon_maps_a_refused_login_by_its_type(tmp_path: Path, password: str,
     path = write_testbed(tmp_path / "unicon.yaml", {"u9": {
         "os": "iosxe", "type": "router",
         "connections": {"defaults": {"class": "unicon.Unicon"},
-                        "cli": {"command": f"{mock} --os iosxe --state general_login "
+                        "cli": {"command": f"{mock} --os iosxe --state {state} "
                                            "--hostname u9"}}}},
-        username="cisco", password=password)
+        username="cisco", password=password, enable_password=enable)
     dev = load_testbed(path).device("u9")
     if not refused:
         session = open_session(dev, 20)
+        assert session.execute("show version").startswith("Cisco IOS Software")
         session.close()
         return
     # unicon says CredentialsExhaustedError, with no "auth" in its words.

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from labq.errors import DriverError
 
 if TYPE_CHECKING:
+    from labq.devices.drivers.reader import CommandRead
     from labq.devices.testbed import Connection, Device
 
 
@@ -56,6 +57,19 @@ class Session(abc.ABC):
         self.closed = False
         #: (command, output) of every command that completed, in order.
         self.transcript: list[tuple[str, str]] = []
+        #: The command being read, with what has arrived (drivers that read
+        #: the channel themselves set it).
+        self.pending: CommandRead | None = None
+        #: The device's prompt, once the driver has learned it.
+        self.prompt = ""
+
+    def gathered(self) -> dict[str, str]:
+        """Each completed command's output, then what arrived of the one in
+        flight, if any: what a soft timeout keeps."""
+        out = dict(self.transcript)
+        if self.pending is not None:
+            out[self.pending.command] = self.pending.output
+        return out
 
     @property
     def native(self) -> Any:

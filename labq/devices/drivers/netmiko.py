@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from labq.devices.drivers.base import Session, register
-from labq.errors import AuthenticationFailed, DeviceUnreachable
+from labq.devices.drivers.reader import CommandRead, prompt_line, prompt_pattern
+from labq.errors import AuthenticationFailed, CommandTimeout, DeviceDisconnected, DeviceUnreachable
 
 if TYPE_CHECKING:
     from labq.devices.testbed import Connection, Device
@@ -26,6 +27,10 @@ DEVICE_TYPES = {
     "linux": "linux",
 }
 DEFAULT_READ_TIMEOUT = 60.0
+#: Longest pause between two polls of a quiet channel.
+POLL_MAX = 0.02
+#: How many returns, at most, to see the same prompt twice in a row.
+PROMPT_TRIES = 6
 #: Longest wait, after "exit", for the device to close the session's
 #: channel and connection from its side.
 CLOSE_WAIT = 2.0
@@ -69,6 +74,7 @@ class NetmikoSession(Session):
             conn._open()
             if params["secret"] or not conn.check_enable_mode():
                 conn.enable()
+            session.learn_prompt(timeout)
         except BaseException as exc:
             session.abort()
             if isinstance(exc, NetmikoAuthenticationException) or (
@@ -81,13 +87,96 @@ class NetmikoSession(Session):
                                        f"{type(exc).__name__}: {exc}") from exc
         return session
 
+    def learn_prompt(self, timeout: float) -> str:
+        """Find the device's prompt: the same complete prompt line after two
+        returns in a row (netmiko's own guess can be part of a slow prompt)."""
+        conn = self._conn
+        deadline = time.monotonic() + timeout
+        seen: str | None = None
+        for _ in range(PROMPT_TRIES):
+            conn.write_channel(conn.RETURN)
+            text = ""
+            line = None
+            while line is None:
+                text += self._read("<return>", text, deadline, timeout)
+                line = prompt_line(text)
+            if line == seen:
+                self.prompt = line
+                self._pattern = prompt_pattern(line)
+                conn.base_prompt = line[:-1]
+                return line
+            seen = line
+        raise DeviceUnreachable.at(self.device.name, self._address,
+                                   f"no steady prompt after {PROMPT_TRIES} returns "
+                                   f"(last {seen!r})")
+
     def execute(self, command: str, timeout: float | None = None) -> str:
-        output = str(self._conn.send_command(command, read_timeout=timeout or DEFAULT_READ_TIMEOUT))
+        conn = self._conn
+        limit = timeout or DEFAULT_READ_TIMEOUT
+        deadline = time.monotonic() + limit
+        conn.read_channel()  # nothing stale may pass for this command's output
+        read = CommandRead(command, self._pattern)
+        self.pending = read
+        conn.write_channel(conn.normalize_cmd(command))
+        while not read.feed(self._read(command, read.arrived, deadline, limit)):
+            pass
+        self.pending = None
+        output = str(conn.strip_ansi_escape_codes(read.output))
         self.transcript.append((command, output))
         return output
 
     def configure(self, lines: Sequence[str]) -> str:
-        return str(self._conn.send_config_set(list(lines)))
+        out = str(self._conn.send_config_set(list(lines)))
+        self.learn_prompt(DEFAULT_READ_TIMEOUT)  # a `hostname` line changes it
+        return out
+
+    @property
+    def _address(self) -> str:
+        return f"{self.connection.ip}:{self.connection.port}"
+
+    def _read(self, command: str, arrived: str, deadline: float, limit: float) -> str:
+        """The next chunk from the channel: waits for one, and raises
+        :class:`DeviceDisconnected` as soon as the device has closed the
+        connection, or :class:`CommandTimeout` at ``deadline``."""
+        from netmiko.exceptions import ReadException
+
+        conn = self._conn
+        started = deadline - limit
+        pause = 0.0005
+        while True:
+            try:
+                # The raw channel: netmiko's read_channel() rewrites line ends per
+                # read, and a slow device's "\r" and "\n" arrive in two reads.
+                chunk = str(conn.channel.read_channel())
+            except (ReadException, OSError, EOFError):
+                chunk, gone = "", True
+            else:
+                gone = not chunk and self._gone()
+            if chunk:
+                return chunk
+            now = time.monotonic()
+            if gone:
+                self.closed = True  # nothing to say goodbye to
+                self._drop()
+                raise DeviceDisconnected.during(self.device.name, self._address, command,
+                                                now - started, len(arrived))
+            if now >= deadline:
+                raise CommandTimeout.during(self.device.name, self._address, command,
+                                            limit, arrived)
+            time.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, POLL_MAX)
+
+    def _gone(self) -> bool:
+        """Whether the device has closed the channel and nothing is left to read."""
+        chan = getattr(self._conn, "remote_conn", None)
+        if chan is None:
+            return True
+        if chan.recv_ready():
+            return False
+        if chan.closed or chan.eof_received:
+            return True
+        transport = chan.get_transport()
+        return transport is None or not transport.is_active()
 
     def _disconnect(self) -> None:
         # Say goodbye, then wait for the device to close its end before the
