@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -29,13 +30,18 @@ COLOURS = {
     Status.QUEUED: "#dddddd",
 }
 LANE_HEIGHT = 22
-LABEL_WIDTH = 190
 PLOT_WIDTH = 900
+#: Width of one character of the 12 px lane labels and 11 px bar labels, roughly.
+CHAR_WIDTH = 7.2
+#: Tick steps in seconds: 1-2-5 below a minute, then minutes and hours a clock has.
+_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200)
+MAX_TICKS = 7
 
 _CSS = """
 body{font:14px system-ui,sans-serif;margin:24px;color:#222}
 h1{font-size:20px} h2{font-size:16px;margin-top:28px}
 table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+td.worker,td.device{white-space:nowrap}
 th{background:#f3f3f3} .num{text-align:right}
 .swatch{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}
 pre{background:#f7f7f7;padding:8px;max-height:320px;overflow:auto;white-space:pre-wrap}
@@ -51,38 +57,86 @@ def _lane(o: Outcome) -> str:
     return o.slot or (f"{o.worker}/?" if o.worker else "(never started)")
 
 
+def tick_step(span: float) -> float:
+    """The smallest round step that marks ``span`` seconds with at most
+    :data:`MAX_TICKS` intervals: 1, 2 or 5 times a power of ten below a
+    second, and seconds, minutes and hours a clock has above."""
+    if span <= 0:
+        return 1.0
+    if span / MAX_TICKS < 1:
+        exp = math.floor(math.log10(span / MAX_TICKS))
+        for mult in (1, 2, 5, 10):
+            step = mult * 10.0 ** exp
+            if span / step <= MAX_TICKS:
+                return float(f"{step:.12g}")
+    for step in _STEPS:
+        if span / step <= MAX_TICKS:
+            return float(step)
+    return float(_STEPS[-1] * math.ceil(span / MAX_TICKS / _STEPS[-1]))
+
+
+def ticks(span: float) -> list[float]:
+    """Round tick values from 0 up to the first at or past ``span``."""
+    step = tick_step(span)
+    count = math.ceil(span / step - 1e-9)
+    return [float(f"{k * step:.12g}") for k in range(max(1, count) + 1)]
+
+
+def tick_label(seconds: float) -> str:
+    """``0``, ``0.5 s``, ``15 s``, ``2 min``, ``1.5 h``: no trailing zeros."""
+    if seconds == 0:
+        return "0"
+    if seconds < 60:
+        return f"{seconds:.6g} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.6g} min"
+    return f"{seconds / 3600:.6g} h"
+
+
 def timeline_svg(outcomes: Sequence[Outcome]) -> str:
-    """Bars from start to finish, one lane per worker slot, coloured by status."""
+    """Bars from start to finish, one lane per worker slot, coloured by status,
+    each labelled with its device (clipped to the bar; the tooltip has it all)."""
     started = [o for o in outcomes if o.started_at]
     if not started:
         return "<p>No task started.</p>"
     t0 = min(o.started_at for o in started if o.started_at)
     ends = [o.finished_at or o.started_at for o in started]
-    span = max(0.001, max((e - t0).total_seconds() for e in ends if e))
     lanes = sorted({_lane(o) for o in started})
+    label_width = 12 + CHAR_WIDTH * max(len(lane) for lane in lanes)
+    axis = ticks(max(0.001, max((e - t0).total_seconds() for e in ends if e)))
+    span = axis[-1]
     height = LANE_HEIGHT * len(lanes) + 30
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{LABEL_WIDTH + PLOT_WIDTH + 50}" '
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_width + PLOT_WIDTH + 50:.0f}" '
              f'height="{height}" role="img" aria-label="timeline">']
     for i, lane in enumerate(lanes):
         y = i * LANE_HEIGHT
         parts.append(f'<text x="4" y="{y + 15}" font-size="12" class="lane">{_esc(lane)}</text>'
-                     f'<line x1="{LABEL_WIDTH}" x2="{LABEL_WIDTH + PLOT_WIDTH}" y1="{y + LANE_HEIGHT}"'
-                     f' y2="{y + LANE_HEIGHT}" stroke="#eee"/>')
+                     f'<line x1="{label_width:.0f}" x2="{label_width + PLOT_WIDTH:.0f}" '
+                     f'y1="{y + LANE_HEIGHT}" y2="{y + LANE_HEIGHT}" stroke="#eee"/>')
     for o in started:
         assert o.started_at
         end = o.finished_at or o.started_at
-        x = LABEL_WIDTH + (o.started_at - t0).total_seconds() / span * PLOT_WIDTH
+        x = label_width + (o.started_at - t0).total_seconds() / span * PLOT_WIDTH
         w = max(2.0, (end - o.started_at).total_seconds() / span * PLOT_WIDTH)
         y = lanes.index(_lane(o)) * LANE_HEIGHT + 3
+        name = o.device or o.task.rsplit(".", 1)[-1]
         tip = f"{o.device or o.task} {o.status.value} {o.duration or 0:.2f}s"
+        # A nested <svg> clips its text to the bar: a short bar shows the
+        # start of the name, never text over its neighbour. Hovering falls
+        # through the label to the bar's tooltip.
         parts.append(f'<rect class="bar" x="{x:.1f}" y="{y}" width="{w:.1f}" '
                      f'height="{LANE_HEIGHT - 6}" fill="{COLOURS[o.status]}" '
-                     f'data-status="{o.status.value}"><title>{_esc(tip)}</title></rect>')
+                     f'data-status="{o.status.value}" data-device="{_esc(name)}">'
+                     f'<title>{_esc(tip)}</title></rect>'
+                     f'<svg class="bar-label" x="{x:.1f}" y="{y}" width="{w:.1f}" '
+                     f'height="{LANE_HEIGHT - 6}" pointer-events="none">'
+                     f'<text x="3" y="12" font-size="11" fill="#fff">{_esc(name)}</text></svg>')
     axis_y = len(lanes) * LANE_HEIGHT + 18
-    for k in range(6):
-        x = LABEL_WIDTH + k * PLOT_WIDTH / 5
-        parts.append(f'<text x="{x:.0f}" y="{axis_y}" font-size="11" fill="#666">'
-                     f'{span * k / 5:.1f}s</text>')
+    for value in axis:
+        x = label_width + value / span * PLOT_WIDTH
+        anchor = "end" if value == span else "start" if value == 0 else "middle"
+        parts.append(f'<text class="tick" x="{x:.0f}" y="{axis_y}" font-size="11" fill="#666" '
+                     f'text-anchor="{anchor}">{tick_label(value)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -107,9 +161,10 @@ def _details(outcomes: Sequence[Outcome]) -> str:
                      f"</summary><pre>{_esc(o.error.traceback)}</pre></details>")
         dur = f"{o.duration:.2f}" if o.duration is not None else ""
         rows.append(
-            f'<tr><td>{_esc(o.device or "")}</td><td>{_esc(o.task)}</td>'
+            f'<tr><td class="device">{_esc(o.device or "")}</td><td>{_esc(o.task)}</td>'
             f'<td><span class="swatch" style="background:{COLOURS[o.status]}"></span>'
-            f'{o.status.value}</td><td>{_esc(o.worker or "")}</td><td class="num">{dur}</td>'
+            f'{o.status.value}</td><td class="worker">{_esc(o.worker or "")}</td>'
+            f'<td class="num">{dur}</td>'
             f"<td>{body}</td></tr>")
     return ("<table><tr><th>device</th><th>task</th><th>status</th><th>worker</th>"
             f"<th>seconds</th><th>output / error</th></tr>{''.join(rows)}</table>")
@@ -134,8 +189,10 @@ def write_report(path: Path, run_id: str, outcomes: Sequence[Outcome]) -> Path:
 def outcome_table(outcomes: Sequence[Outcome], title: str = "") -> Table:
     """A rich table of outcomes: device, task, status, worker, seconds, result."""
     table = Table(title=title or None)
-    for col in ("device", "task", "status", "worker", "s", "result / error"):
-        table.add_column(col, overflow="fold")
+    # Names never wrap (``lab-/a@vm`` reads as two workers); the result folds.
+    for col in ("device", "task", "status", "worker", "s"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("result / error", overflow="fold")
     for o in outcomes:
         if o.error is not None:
             # The first line: a driver's advice runs on for lines; the report has it all.

@@ -41,6 +41,17 @@ def test_demo_prints_every_status_and_writes_a_report_a_browser_shows(
     assert {"succeeded", "soft_timeout", "hard_timeout", "failed"} <= statuses
     slots = {t.text for t in lanes}
     assert len(lanes) == len(slots) >= 2
+    # Each bar carries its device's name, not only a tooltip.
+    labels = browser.find_elements("css selector", "svg svg.bar-label text")
+    assert [b.get_attribute("data-device") for b in bars] == [
+        t.get_attribute("textContent").strip() for t in labels]
+    assert {f"r{i}" for i in range(1, 21)} <= {b.get_attribute("data-device") for b in bars}
+    # Axis ticks fall on round values: one step, a whole number of times.
+    ticks = [t.text for t in browser.find_elements("css selector", "svg text.tick")]
+    values = [float(t.split()[0]) for t in ticks[1:]]
+    assert ticks[0] == "0" and all(re.fullmatch(r"\d+(\.\d+)? s", t) for t in ticks[1:]), ticks
+    assert values == [values[0] * k for k in range(1, len(values) + 1)], ticks
+    assert str(values[0]).rstrip("0").rstrip(".")[-1] in "125", ticks
     assert rows
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "demo-report.png"))
