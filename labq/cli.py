@@ -57,9 +57,16 @@ def main(ctx: click.Context, config: Path | None) -> None:
 
 @main.command("config")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--example", is_flag=True,
+              help="Print the commented example config file, with the defaults.")
 @pass_ctx
-def config_cmd(ctx: Context, as_json: bool) -> None:
+def config_cmd(ctx: Context, as_json: bool, example: bool) -> None:
     """Print the effective settings, secrets masked."""
+    if example:
+        from labq.ops.settings_example import example_config
+
+        click.echo(example_config(), nl=False)
+        return
     values = ctx.settings().masked()
     if as_json:
         click.echo(json.dumps(values, indent=2))

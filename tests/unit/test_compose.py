@@ -153,3 +153,13 @@ def test_example_settings_file_sets_every_field() -> None:
     assert keys == {f.name for f in dataclasses.fields(Settings)}
     settings = Settings.load(env={}, config_file=path)
     assert settings == Settings()
+
+
+def test_the_example_settings_file_is_the_one_settings_writes() -> None:
+    from labq.ops.settings_example import example_config
+
+    path = ROOT / "config" / "labq.yaml.example"
+    assert path.read_text() == example_config(), (
+        "regenerate it: labq config --example > config/labq.yaml.example")
+    # Each default in its comments is the dataclass's: worker death at 1.5 x worker_ttl.
+    assert f"({Settings().worker_ttl * 1.5:g} s in all, by" in path.read_text()
