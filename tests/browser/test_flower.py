@@ -180,3 +180,39 @@ def test_the_task_list_shows_each_device_tasks_device_and_run(
         # The kwargs cell, second: the device first, then the run, no testscript name.
         assert row[1].startswith(f"{{'device': '{device}', 'labq_run': '{run.id}'"), row
         assert "labq_script" not in row[1]
+
+
+@pytest.mark.parametrize("query", ["kwargs:device={device}", "{device}"],
+                         ids=["kwargs-pair", "substring"])
+def test_flowers_search_finds_a_task_by_its_device_name(
+    browser: webdriver.Chrome, stack: Stack, app: LabqCelery, query: str
+) -> None:
+    # Flower refuses substrings under 3 characters: "a6" is found only as a
+    # kwargs pair, "slowpoke" either way.
+    device = "a6" if query.startswith("kwargs") else "slowpoke"
+    with labq.Run("flower-search", app=app, progress=False) as run:
+        for name in (device, "b6", "a7"):
+            run.submit(execute, device=name, command="show clock")
+    wanted = next(o.task_id for o in run.outcomes if o.device == device)
+    others = {o.task_id for o in run.outcomes} - {wanted}
+
+    log_in(browser, stack)
+    browser.get(stack.flower_url + "/tasks")
+    wait_for_tasks(browser, lambda rows: True if any(wanted in r for r in rows) else None,
+                   "flower-search.png")
+    box = WebDriverWait(browser, 10).until(
+        lambda d: d.find_element("css selector", "input[type=search]"))
+    box.send_keys(query.format(device=device))
+
+    def only_the_device(driver: webdriver.Chrome) -> list[list[str]] | None:
+        rows = table_rows(driver, "#tasks-table")
+        ids = {cell for row in rows for cell in row} & (others | {wanted})
+        return rows if ids == {wanted} else None
+
+    try:
+        rows = WebDriverWait(browser, 15, poll_frequency=0.3).until(only_the_device)
+    except TimeoutException:
+        screenshot(browser, "flower-search.png")
+        pytest.fail(f"search {query!r} shows {table_rows(browser, '#tasks-table')}")
+    screenshot(browser, "flower-search.png")
+    assert all(f"'device': '{device}'" in row[1] for row in rows), rows
