@@ -63,8 +63,12 @@ def stubborn(seconds: float = 3600.0) -> dict[str, Any]:
     """
     end = time.monotonic() + seconds
     interrupted = 0
-    while time.monotonic() < end:
+    while True:
+        # The loop's test is inside the try too: an interrupt can land on any
+        # line, not only in the sleep.
         try:
+            if time.monotonic() >= end:
+                break
             time.sleep(min(0.1, max(0.0, end - time.monotonic())))
         except SoftTimeLimitExceeded:
             interrupted += 1

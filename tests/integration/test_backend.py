@@ -122,7 +122,9 @@ def test_a_hard_kill_stored_by_the_main_process_wakes_the_run(app: LabqCelery) -
     with labq.Run("hard-announce", app=app, progress=False) as run:
         task_id = run.submit(diag.stubborn, soft_time_limit=1, time_limit=2)
     (outcome,) = run.outcomes
-    assert outcome.status is labq.Status.HARD_TIMEOUT
+    # Where the soft interrupt landed, if it ended the task: its traceback.
+    assert outcome.status is labq.Status.HARD_TIMEOUT, (
+        outcome.error, outcome.error and outcome.error.traceback)
     client = redis.Redis.from_url(app.conf.result_backend)
     try:
         # Celery stores a hard kill twice (on_timeout, then on_failure).

@@ -85,6 +85,20 @@ def test_a_failure_carries_the_remote_error(app: LabqCelery) -> None:
     assert "RuntimeError" in (res.traceback or "")
 
 
+def _family(pid: int) -> dict[int, tuple[str, str]]:
+    """``pid`` and its descendants: pid -> (command line, executable). A
+    process that ends between the listing and the read (a busy host's
+    short-lived helper) is left out rather than failing the test."""
+    found: dict[int, tuple[str, str]] = {}
+    top = psutil.Process(pid)
+    for p in [top, *top.children(recursive=True)]:
+        try:
+            found[p.pid] = (" ".join(p.cmdline()), p.exe())
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
 def _start_up(tmp_path: Path, path_env: str) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "LABQ_STATE_DIR": str(tmp_path), "PATH": path_env,
            "LABQ_SHUTDOWN_TIMEOUT": "5"}
@@ -115,11 +129,11 @@ def test_labq_up_serves_and_ctrl_c_leaves_nothing_behind(
     proc, banner = _start_up(tmp_path, path_env)
     try:
         assert "Flower" in banner and "password" in banner
-        family = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
-        names = " ".join(" ".join(psutil.Process(p).cmdline()) for p in family)
+        members = _family(proc.pid)
+        family = list(members)
+        names = " ".join(cmdline for cmdline, _ in members.values())
         assert "redis-server" in names and names.count("worker") >= 2 and "flower" in names
-        redis_exe = next(psutil.Process(p).exe() for p in family
-                         if "redis-server" in psutil.Process(p).name())
+        redis_exe = next(exe for cmdline, exe in members.values() if "redis-server" in cmdline)
         from_wheel = Path(redis_exe).resolve().is_relative_to(Path(sys.prefix).resolve())
         assert from_wheel is not with_system_redis
     finally:
