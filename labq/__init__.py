@@ -8,6 +8,7 @@ package's layers, and the life of a task through them, are drawn in
 from labq.app import create_app
 from labq.client.pcall import pcall
 from labq.client.run import Run
+from labq.devices.pick import Pick
 from labq.errors import (
     AuthenticationFailed,
     BrokerUnavailable,
@@ -16,6 +17,7 @@ from labq.errors import (
     DeviceBusy,
     DeviceDisconnected,
     DeviceError,
+    DeviceSelectionError,
     DeviceUnreachable,
     DriverError,
     LabqError,
@@ -47,8 +49,9 @@ __all__ = [
     "Outcome",
     "RemoteError",
     "Status",
-    # Writing device tasks
+    # Writing device tasks, and choosing their devices
     "device_task",
+    "Pick",
     # Configuration and the Celery app
     "Settings",
     "create_app",
@@ -62,6 +65,7 @@ __all__ = [
     "SimLabError",
     "SubmitError",
     "PartialSubmit",
+    "DeviceSelectionError",
     "RunError",
     "TaskFailed",
     "RunTimeout",

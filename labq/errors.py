@@ -20,7 +20,8 @@
     │   ├── DriverError         no usable driver or connection
     │   └── LeaseError          a malformed lease request
     ├── SubmitError             a call could not be queued
-    │   └── PartialSubmit
+    │   ├── PartialSubmit
+    │   └── DeviceSelectionError  roles, Picks or devices no one segment serves
     ├── TaskCancelled           raised in a task whose run was cancelled
     ├── SoftTimeout             raised in a device task at its soft limit
     ├── UnknownRun              no run, or more than one, has that id (prefix)
@@ -276,6 +277,14 @@ class SubmitError(LabqError):
     """A task could not be submitted: an argument that is not JSON, a task
     name no module under ``tasks/`` registers, or a run that is closed.
     Nothing was queued for that call."""
+
+
+class DeviceSelectionError(SubmitError):
+    """A device task's devices cannot be chosen: a role without an argument,
+    a :class:`labq.Pick` that matches no device (the message names the labels
+    and the values that exist), more Picks of one pool than it has members,
+    or devices that span lab segments (named, with their queues). Raised at
+    submit time, before anything is queued."""
 
 
 class PartialSubmit(SubmitError, BrokerUnavailable):

@@ -61,6 +61,9 @@ class Outcome:
     finished_at: datetime | None = None
     #: ``worker@host/N``: the prefork child that ran it, for timelines.
     slot: str | None = None
+    #: Role -> device, once a task with Picks or several roles has started
+    #: (``{"dut": "r1", "peer": "r14"}``); ``device`` is the first role's.
+    devices: dict[str, str] | None = None
 
     @property
     def duration(self) -> float | None:
@@ -141,6 +144,10 @@ def outcome_from_meta(base: Outcome, meta: dict[str, Any] | None,
         changes["started_at"] = parse_time(start.get("at"))
         changes["worker"] = start.get("worker") or None
         changes["slot"] = start.get("slot") or None
+        devices = start.get("devices")
+        if isinstance(devices, dict) and devices:
+            changes["devices"] = {str(k): str(v) for k, v in devices.items()}
+            changes["device"] = str(next(iter(devices.values())))
     if not meta:
         status = Status.RUNNING if start else base.status
         return replace(base, status=status, **changes)

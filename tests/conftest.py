@@ -89,6 +89,12 @@ LEASE_DEVICES = [f"l{i}" for i in range(1, 6)]
 FREE_DEVICES = [f"f{i}" for i in range(1, 41)]
 #: Devices whose output trickles, by seconds per character.
 TRICKLE = {"trickle2ms": 0.002, "trickle10ms": 0.01, "trickle30ms": 0.03}
+#: Pools, by (queue, role): devices that Picks and topologies choose from.
+POOLS = {("lab-a", "spine"): ["sp-a1", "sp-a2"], ("lab-b", "spine"): ["sp-b1"],
+         ("lab-a", "leaf"): ["lf-a1", "lf-a2", "lf-a3"]}
+#: The property test's own lab: 10 devices on two segments, leaves and spines.
+PROP_DEVICES = {f"p{i}": ("lab-a" if i < 5 else "lab-b", "p-spine" if i % 5 >= 3 else "p-leaf")
+                for i in range(10)}
 FAULTY = {"hang": {"hang": "show version"}, "authfail": {"auth_fail": True},
           "unreach": {"unreachable": True}, "slowpoke": {"latency": 0.3},
           "drops": {"disconnect_on": "^show version"}, "crawl": {"slow_chars": 0.06},
@@ -109,6 +115,11 @@ def lab_testbed(path: Path) -> Path:
         devices[name] = device_entry("127.0.0.1", next(ports))
     for name, knobs in FAULTY.items():
         devices[name] = device_entry("127.0.0.1", next(ports), sim=knobs)
+    labelled = [*((n, q, r) for (q, r), members in POOLS.items() for n in members),
+                *((n, q, r) for n, (q, r) in PROP_DEVICES.items())]
+    for (name, queue, role), port in zip(labelled, free_ports(len(labelled)), strict=True):
+        devices[name] = device_entry("127.0.0.1", port, queue=queue)
+        devices[name]["custom"]["labq"]["labels"] = {"role": role}  # type: ignore[index]
     mock = Path(sys.executable).with_name("mock_device_cli")
     if mock.exists():
         # unicon over real ssh to a simulated device whose `show clock` hangs.

@@ -16,6 +16,7 @@ from typing import Any
 
 from celery.utils.saferepr import saferepr
 
+from labq.devices.pick import Pick, encode
 from labq.devices.routing import DeviceRouter
 from labq.keys import RUN_KWARG, SCRIPT_KWARG
 
@@ -84,27 +85,34 @@ class Builder:
 
     def _route(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         key = kwargs.get("device")
-        cached = None if self._routes is None or args else self._routes.get(key)
+        single = getattr(self.task, "labq_roles", ("device",)) == ("device",)
+        cached = (None if self._routes is None or args or not single
+                  else self._routes.get(key))
         if cached is not None:
             return dict(cached)
         options = dict(self.amqp.router.route(dict(self.options), self.name, list(args),
                                               dict(kwargs), self.task))
         queue = options.get("queue")
         options["queue"] = getattr(queue, "name", None) or str(queue or self.default_queue)
-        if self._routes is not None and not args and isinstance(key, (str, type(None))):
+        if (self._routes is not None and not args and single
+                and isinstance(key, (str, type(None)))):
             self._routes[key] = dict(options)
         return options
 
     def build(self, args: Sequence[Any], kwargs: Mapping[str, Any], *, task_id: str,
               device: str | None) -> TaskMessage:
         options = self._route(args, kwargs)
+        shown: Mapping[str, Any] = kwargs
+        if self.device_task and any(isinstance(v, Pick) for v in kwargs.values()):
+            shown = {k: str(v) if isinstance(v, Pick) else v for k, v in kwargs.items()}
+            kwargs = {k: encode(v) for k, v in kwargs.items()}  # a Pick travels as JSON
         maxsize = self.maxsize
         message = self.amqp.create_task_message(
             task_id, self.name, list(args), dict(kwargs), reply_to=self.reply_to,
             time_limit=self.time_limit, soft_time_limit=self.soft_time_limit,
             create_sent_event=self.sent_event, ignore_result=self.ignore_result,
             argsrepr=_plain_repr(list(args) or (), maxsize),
-            kwargsrepr=self._kwargsrepr(kwargs),
+            kwargsrepr=self._kwargsrepr(shown),
         )
         return TaskMessage(task_id=task_id, name=self.name, queue=options["queue"],
                            device=device, message=message, options=options)
@@ -122,7 +130,8 @@ class Builder:
         """
         if not self.device_task:
             return _plain_repr(dict(kwargs), self.maxsize)
-        first = {k: kwargs[k] for k in ("device", RUN_KWARG) if k in kwargs}
+        roles = getattr(self.task, "labq_roles", ("device",))
+        first = {k: kwargs[k] for k in (*roles, RUN_KWARG) if k in kwargs}
         shown = {**first, **{k: v for k, v in kwargs.items()
                              if k not in first and k != SCRIPT_KWARG}}
         return _plain_repr(shown, self.maxsize) or saferepr(shown, self.maxsize)

@@ -127,10 +127,9 @@ class Run:
         if args and "device" not in kwargs and self._is_device_task(name):
             # run.submit(execute, "r1", ...): the device goes where routing looks.
             kwargs, args = {"device": args[0], **kwargs}, args[1:]
-        device = kwargs.get("device")
         body = {**kwargs, RUN_KWARG: self.id, SCRIPT_KWARG: self.script}
         message = self._send(name, list(args), body, task_id=str(uuid.uuid4()), queue=None,
-                             soft=soft, hard=hard, device=str(device) if device else None)
+                             soft=soft, hard=hard, device=self._first_device(name, kwargs))
         self._track_published([message], soft, hard, args=list(args))
         return message.task_id
 
@@ -156,10 +155,9 @@ class Run:
         for kwargs, task_id in zip(items, uuid4_strings(len(items)), strict=True):
             kwargs = dict(kwargs)
             check_json(name, (), kwargs)
-            device = kwargs.get("device")
             body = {**kwargs, RUN_KWARG: self.id, SCRIPT_KWARG: self.script}
             messages.append(builder.build((), body, task_id=task_id,
-                                          device=str(device) if device else None))
+                                          device=self._first_device(name, kwargs)))
         try:
             publish.publish(self.app, messages, chunk=chunk, broker=mask_url(self.settings.broker_url))
         except PartialSubmit as exc:
@@ -223,6 +221,12 @@ class Run:
         hard = first(hard, self.time_limit, own.time_limit)
         check_limits(soft, hard, self.settings)
         return name, soft, hard
+
+    def _first_device(self, name: str, kwargs: Mapping[str, Any]) -> str | None:
+        """The first role's device when it is named; a Pick's is known once it starts."""
+        roles = getattr(self.app.tasks.get(name), "labq_roles", ("device",))
+        value = kwargs.get(roles[0])
+        return value if isinstance(value, str) and value else None
 
     def _is_device_task(self, name: str) -> bool:
         return bool(getattr(self.app.tasks.get(name), "labq_device_task", False))

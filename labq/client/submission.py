@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from labq.devices.pick import encode
 from labq.errors import SubmitError, TimeLimitError
 from labq.settings import Settings
 
@@ -57,7 +58,7 @@ def check_json(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None
     """Refuse an argument that JSON cannot carry, naming it."""
     for key, value in [*((f"args[{i}]", a) for i, a in enumerate(args)), *kwargs.items()]:
         try:
-            json.dumps(value)
+            json.dumps(encode(value))  # a labq.Pick travels as its JSON form
         except (TypeError, ValueError) as exc:
             raise SubmitError(
                 f"{name}: argument {key}={value!r} is not JSON-serialisable ({exc}); "

@@ -66,6 +66,38 @@ class Wait:
 
 
 @dataclass(frozen=True)
+class SetGrant:
+    """The holder has one device per slot (``devices``, in slot order) until
+    ``expires_at``; each is renewed and released as a single lease is."""
+
+    devices: tuple[str, ...]
+    holder: str
+    expires_at: float
+
+    def grants(self) -> list[Grant]:
+        return [Grant(d, self.holder, self.expires_at) for d in self.devices]
+
+
+@dataclass(frozen=True)
+class SetWait:
+    """Not every slot can be filled yet; the holder is in every candidate's line.
+
+    ``near`` says that each slot has a candidate where the holder is within
+    the device's ``max_sessions`` of the front (so a poll soon may succeed).
+    """
+
+    near: bool
+    waiting_since: float
+    waited: float
+    holders: list[str]
+    candidates: tuple[str, ...]
+
+    def busy(self) -> DeviceBusy:
+        shown = ", ".join(self.candidates[:6]) + (" ..." if len(self.candidates) > 6 else "")
+        return DeviceBusy(shown, self.waited, self.holders)
+
+
+@dataclass(frozen=True)
 class Holder:
     holder: str
     task: str
@@ -127,6 +159,8 @@ class Leases:
         self._abandon = client.register_script(scripts.ABANDON)
         self._release_all = client.register_script(scripts.RELEASE_ALL)
         self._state = client.register_script(scripts.STATE)
+        self._acquire_set = client.register_script(scripts.ACQUIRE_SET)
+        self._free = client.register_script(scripts.FREE)
 
     def _argv(self, *args: object) -> list[object]:
         return [PREFIX, int(self.waiter_ttl * 1000), *args]
@@ -180,6 +214,52 @@ class Leases:
         since_ms = int(since * 1000) if since else 0
         keys = [*lease_keys(device), held_key(holder), waiting_key(holder), DEVICES_KEY]
         return keys, [device, holder, max_sessions, ttl_ms, task, worker, since_ms]
+
+    def acquire_set(self, slots: Sequence[Sequence[tuple[str, int]]], holder: str, *,
+                    task: str = "", worker: str = "", ttl: float | None = None,
+                    since: float | None = None) -> SetGrant | SetWait:
+        """One distinct device per slot, from its ``(device, max_sessions)``
+        candidates, all leased in one atomic step, or none and a place in
+        every candidate's line. Costs O(candidates), whatever the lab's size."""
+        _check("holder", holder)
+        args: list[object] = [holder, _ms("ttl", self.ttl if ttl is None else ttl), task,
+                              worker, int(since * 1000) if since else 0, len(slots)]
+        names: list[str] = []
+        for slot in slots:
+            if not slot:
+                raise LeaseError(f"a slot of {holder!r} has no candidate device")
+            args.append(len(slot))
+            for device, max_sessions in slot:
+                _check("device", device)
+                if not isinstance(max_sessions, int) or max_sessions < 1:
+                    raise LeaseError(f"max_sessions of {device!r} must be >= 1, "
+                                     f"got {max_sessions!r}")
+                args += [device, max_sessions]
+                names.append(device)
+        reply = self._run(self._acquire_set,
+                          [held_key(holder), waiting_key(holder), DEVICES_KEY], *args)
+        if int(reply[0]) == 1:
+            return SetGrant(tuple(text(d) for d in reply[2]), holder, int(reply[1]) / 1000)
+        first, now = float(text(reply[2])), int(reply[3])
+        return SetWait(near=bool(int(reply[1])), waiting_since=first / 1000,
+                       waited=max(0.0, (now - first) / 1000),
+                       holders=sorted({text(x) for x in reply[4]}),
+                       candidates=tuple(dict.fromkeys(names)))
+
+    def free(self, devices: dict[str, int]) -> set[str]:
+        """Which of ``devices`` (name -> max_sessions) a newcomer would get now:
+        a session free and nobody waiting."""
+        args: list[object] = [len(devices)]
+        for device, max_sessions in devices.items():
+            _check("device", device)
+            args += [device, max_sessions]
+        return {text(d) for d in self._run(self._free, [DEVICES_KEY], *args)}
+
+    def queue_release_all(self, pipe: Any, holder: str) -> None:
+        """Queue :meth:`release_all` as a bare ``EVALSHA`` on another client's
+        ``pipe`` (same Redis); a ``NoScriptError`` reply means: call ``release_all``."""
+        keys = [held_key(holder), waiting_key(holder), DEVICES_KEY]
+        pipe.evalsha(self._release_all.sha, len(keys), *keys, *self._argv(holder))
 
     def renew(self, device: str, holder: str, *, ttl: float | None = None) -> bool:
         """Extend the lease by ``ttl``; False if it was lost (expired or released)."""

@@ -91,6 +91,106 @@ tidy(d)
 return {0, rank + 1, redis.call('ZSCORE', wait, h), now, redis.call('ZRANGE', lease, 0, -1)}
 """
 
+# ARGV: prefix, wttl, holder, ttl, task, worker, since, nslots, then for each
+# slot: n, and n pairs of (device, max_sessions). One distinct device per slot,
+# all granted together or none: the holder waits in the line of every
+# candidate meanwhile, with one first-wait time, so the earliest waiter is
+# first in all its lines and no two waiters can each hold what the other needs.
+ACQUIRE_SET = LUA_LIB + """
+local h, ttl, since, nslots = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local slots, maxof, order, i = {}, {}, {}, 9
+for s = 1, nslots do
+  local n, c = tonumber(ARGV[i]), {}
+  i = i + 1
+  for _ = 1, n do
+    local d = ARGV[i]
+    c[#c + 1] = d
+    if not maxof[d] then maxof[d] = tonumber(ARGV[i + 1]); order[#order + 1] = d end
+    i = i + 2
+  end
+  slots[s] = c
+end
+if since <= 0 or since > now then since = now end
+-- free[d]: d's turn has come for h (a slot is open, and h is among the
+-- first waiters for it); near: every slot has a candidate where h is that close
+local free, first = {}, nil
+for _, d in ipairs(order) do
+  purge(d)
+  local lease, _, wait, seen = keys(d)
+  if not redis.call('ZSCORE', wait, h) then redis.call('ZADD', wait, since, h) end
+  redis.call('HSET', seen, h, now)
+  local rank = redis.call('ZRANK', wait, h)
+  if rank < maxof[d] - redis.call('ZCARD', lease) then free[d] = true end
+  local at = tonumber(redis.call('ZSCORE', wait, h))
+  if not first or at < first then first = at end
+end
+local owner = {}
+local function place(s, seen)
+  for _, d in ipairs(slots[s]) do
+    if free[d] and not seen[d] then
+      seen[d] = true
+      if not owner[d] or place(owner[d], seen) then owner[d] = s; return true end
+    end
+  end
+  return false
+end
+local all = true
+for s = 1, nslots do
+  if not place(s, {}) then all = false; break end
+end
+if all then
+  local chosen = {}
+  for d, s in pairs(owner) do chosen[s] = d end
+  local meta = cjson.encode({task = ARGV[5], worker = ARGV[6], since = now / 1000,
+                             devices = chosen})
+  for _, d in ipairs(order) do unwait(d, h) end
+  for s = 1, nslots do
+    local d = chosen[s]
+    local lease, info = keys(d)
+    redis.call('ZADD', lease, now + ttl, h)
+    redis.call('HSET', info, h, meta)
+    redis.call('SADD', P..'held:'..h, d)
+  end
+  keep(P..'held:'..h, ttl)
+  for _, d in ipairs(order) do tidy(d) end
+  return {1, now + ttl, chosen}
+end
+local near, holders = 1, {}
+for s = 1, nslots do
+  local close = false
+  for _, d in ipairs(slots[s]) do
+    local _, _, wait = keys(d)
+    if redis.call('ZRANK', wait, h) < maxof[d] then close = true end
+  end
+  if not close then near = 0 end
+end
+for _, d in ipairs(order) do
+  redis.call('SADD', P..'waiting:'..h, d)
+  if #holders < 8 then
+    local lease = keys(d)
+    for _, x in ipairs(redis.call('ZRANGE', lease, 0, 1)) do holders[#holders + 1] = x end
+  end
+  tidy(d)
+end
+keep(P..'waiting:'..h, WTTL)
+return {0, near, first, now, holders}
+"""
+
+# ARGV: prefix, wttl, n, then n pairs of (device, max_sessions): the devices a
+# newcomer would get now (a slot open and nobody in line). Read-only but for purges.
+FREE = LUA_LIB + """
+local out, i = {}, 4
+for _ = 1, tonumber(ARGV[3]) do
+  local d, max = ARGV[i], tonumber(ARGV[i + 1])
+  i = i + 2
+  purge(d)
+  local lease, _, wait = keys(d)
+  if redis.call('ZCARD', lease) < max and redis.call('ZCARD', wait) == 0 then out[#out + 1] = d end
+  tidy(d)
+end
+return out
+"""
+
 # ARGV: prefix, wttl, device, holder, ttl
 RENEW = LUA_LIB + """
 local d, h, ttl = ARGV[3], ARGV[4], tonumber(ARGV[5])

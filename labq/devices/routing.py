@@ -2,6 +2,9 @@
 
 The router runs in the client when a task is published: an unknown device is
 refused there, before anything is queued, with the closest names it knows.
+A task with Picks or several roles goes to the queue that can serve all of
+its roles with the most candidates (:mod:`labq.devices.selection`); the
+worker moves it to another such queue if its devices are free there first.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from labq.devices.selection import plan, role_arguments
 from labq.devices.testbed import Testbed
 from labq.devices.testbed_yaml import load_testbed
 
@@ -36,10 +40,15 @@ class DeviceRouter:
                  task: Any = None, **_: Any) -> dict[str, Any] | None:
         if not getattr(task, "labq_device_task", False):
             return None
+        roles = getattr(task, "labq_roles", ("device",))
         device = (kwargs or {}).get("device")
-        if device is None:
+        if roles == ("device",) and isinstance(device, str):
+            queue = self.testbed.device(device).queue or self.default_queue
+        elif roles == ("device",) and device is None:
             from labq.errors import UnknownDevice
 
             raise UnknownDevice("<missing device= argument>", str(self.testbed_path), [])
-        queue = self.testbed.device(device).queue or self.default_queue
+        else:
+            chosen = role_arguments(roles, kwargs or {}, name)
+            queue = plan(self.testbed, chosen, self.default_queue, name).preferred
         return {"queue": queue, "routing_key": queue}

@@ -3,7 +3,8 @@
 The YAML is pyATS's own format (``testbed:``, ``devices:``, ``connections:``,
 ``credentials:``, ``%ENV{VAR}``), so one file serves pyATS and labq. labq's
 own keys live under each device's ``custom: labq:``: ``queue``,
-``max_sessions``, ``driver`` and ``sim`` (the simulated lab's fault knobs).
+``max_sessions``, ``driver``, ``labels`` (what :class:`labq.Pick` selects
+by) and ``sim`` (the simulated lab's fault knobs).
 pyATS keys labq does not use pass through unchecked; labq's keys are checked
 strictly, because a typo there silently changes routing or leasing.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from labq.errors import UnknownDevice
 
 DRIVERS = ("netmiko", "unicon")
 PROTOCOLS = {"ssh": 22, "telnet": 23}  # protocol -> default port
-LABQ_KEYS = ("queue", "max_sessions", "driver", "sim")
+LABQ_KEYS = ("queue", "max_sessions", "driver", "sim", "labels")
+#: Labels every device has, from its own testbed keys.
+BUILTIN_LABELS = ("os", "type", "platform")
 #: The simulated lab's fault knobs and the kind of value each takes.
 SIM_KEYS = {
     "latency": "seconds",  # added before each command's output
@@ -95,6 +98,17 @@ class Device:
     via: str | None = None
     #: ``connections.defaults.class``, e.g. ``unicon.Unicon``.
     connection_class: str | None = None
+    #: ``custom.labq.labels``: what a :class:`labq.Pick` selects by, with
+    #: :attr:`all_labels` adding ``os``, ``type`` and ``platform``.
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def all_labels(self) -> dict[str, str]:
+        """The device's labels: ``os``, ``type``, ``platform`` (when set) and its own."""
+        own = {"os": self.os, "type": self.type}
+        if self.platform:
+            own["platform"] = self.platform
+        return {**own, **self.labels}
 
     @property
     def connection(self) -> Connection:
@@ -108,6 +122,11 @@ class Device:
     def address(self) -> str:
         """The default connection's ``ip:port``, or its command."""
         return self.connection.address
+
+    @property
+    def ip(self) -> str | None:
+        """The default connection's IP address (None for a command connection)."""
+        return self.connection.ip
 
 
 @dataclass(frozen=True)

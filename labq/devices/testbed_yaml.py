@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from labq.devices.testbed import (
+    BUILTIN_LABELS,
     DRIVERS,
     LABQ_KEYS,
     PROTOCOLS,
@@ -32,6 +33,7 @@ from labq.errors import TestbedError
 
 _ENV = re.compile(r"%ENV\{([^}]*)\}")
 _QUEUE = re.compile(r"[A-Za-z0-9_.-]+")
+_LABEL = re.compile(r"[A-Za-z0-9_.-]+")
 _NO_VALUE: Any = object()
 # libyaml's safe loader is ~10x faster: a 1,000-device lab loads in a blink.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -232,6 +234,7 @@ def _device(name: str, raw: dict[str, Any], ctx: _Ctx, shared: dict[str, str]) -
         platform=ctx.string(raw.get("platform"), "platform"),
         via=via,
         connection_class=ctx.string(defaults.get("class"), "connections.defaults.class"),
+        labels=_labels(ctx.mapping(labq.get("labels"), "custom.labq.labels"), ctx),
     )
 
 
@@ -291,6 +294,22 @@ def _credentials_object(creds: dict[str, str], ctx: _Ctx) -> Credentials | None:
             raise ctx.error(f"credentials.default.{needed}",
                             "missing (set it on the device or under testbed.credentials)")
     return Credentials(creds["username"], creds["password"], creds.get("enable_password"))
+
+
+def _labels(raw: dict[str, Any], ctx: _Ctx) -> dict[str, str]:
+    """``custom.labq.labels``: string keys to scalar values, kept as strings;
+    ``os``, ``type`` and ``platform`` are the device's own and cannot be set here."""
+    out: dict[str, str] = {}
+    for key, value in raw.items():
+        full = f"custom.labq.labels.{key}"
+        if not isinstance(key, str) or not _LABEL.fullmatch(key):
+            raise ctx.error(full, "a label name uses letters, digits, '.', '_' or '-'", key)
+        if key in BUILTIN_LABELS:
+            raise ctx.error(full, f"{key!r} is the device's own {key}: set it there")
+        if isinstance(value, (dict, list)) or value is None or value == "":
+            raise ctx.error(full, "a label value is a non-empty string or number", value)
+        out[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
 
 
 def _sim(raw: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:

@@ -41,11 +41,13 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from labq.devices.drivers import open_session
 from labq.devices.lease import Grant, Leases, Renewer, Wait
+from labq.devices.selection import role_arguments
 from labq.devices.testbed import Device, Testbed
 from labq.devices.testbed_yaml import load_testbed
-from labq.errors import ConfigError, SoftTimeout, TimeLimitError
+from labq.errors import ConfigError, DeviceSelectionError, SoftTimeout, TimeLimitError
 from labq.keys import wait_since_key
 from labq.redis_client import connect
+from labq.worker import device_sets
 from labq.worker.backend import LabqRedisBackend, Rider
 from labq.worker.killing import KillingRequest
 from labq.worker.task_base import LabqTask
@@ -131,11 +133,16 @@ class DeviceTask(LabqTask):
     max_retries = None
     #: False for ``@device_task(session=False)``: no lease, no connection.
     takes_lease: bool = True
+    #: The task's device arguments, in the order its function takes their sessions.
+    labq_roles: tuple[str, ...] = ("device",)
 
     def _start_rider(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _LeaseAtStart | None:
         request = self.request
         # A retry or a redelivery may have waited before: _take_lease asks with its place.
+        # Picks and topologies take their leases in one step of their own.
         if (not self.takes_lease or not _rides_with_result(self) or request.retries
+                or self.labq_roles != ("device",)
+                or not isinstance(kwargs.get("device", args[0] if args else None), str)
                 or (request.delivery_info or {}).get("redelivered")):
             return None
         try:
@@ -195,8 +202,14 @@ def device_task(
     connect_timeout: float = 10.0,
     idempotent: bool = False,
     session: bool = True,
+    roles: tuple[str, ...] | None = None,
 ) -> Any:
     """Turn ``fn(session, **kwargs)`` into a Celery task called as ``task(device=..., **kwargs)``.
+
+    With ``roles=("dut", "peer")`` the function takes one session per role,
+    ``fn(dut, peer, **kwargs)``, and the task is called with a device name or
+    a :class:`labq.Pick` for each: ``task(dut="r1", peer=labq.Pick(role="spine"))``.
+    All its devices are leased together, or none. ``device=`` may be a Pick too.
 
     With ``session=False`` the function gets the resolved
     :class:`~labq.devices.testbed.Device` instead, and no lease or connection is taken.
@@ -206,13 +219,28 @@ def device_task(
         raise TimeLimitError(f"@device_task: soft_time_limit={soft_time_limit!r} must be below "
                              f"time_limit={time_limit!r}, or the soft limit never fires")
 
+    role_names = _check_roles(roles, session)
+
     def wrap(func: F) -> Any:
         task_name = name or f"{func.__module__}.{func.__name__}"
 
-        def run(self: DeviceTask, device: str, **kwargs: Any) -> Any:
+        def run(self: DeviceTask, *args: Any, **kwargs: Any) -> Any:
+            if args and role_names == ("device",) and "device" not in kwargs:
+                kwargs["device"], args = args[0], args[1:]
+            chosen = role_arguments(role_names, kwargs, task_name)
+            for role in role_names:
+                kwargs.pop(role)
             if not session:
-                return func(worker_context(self.app).device(device), **kwargs)
-            return _run_on_device(self, func, device, kwargs)
+                if not isinstance(chosen["device"], str):
+                    raise DeviceSelectionError(f"{task_name} takes no lease: give it a "
+                                               f"device name, not {chosen['device']}")
+                return func(worker_context(self.app).device(chosen["device"]), *args, **kwargs)
+            if role_names == ("device",) and isinstance(chosen["device"], str):
+                return _run_on_device(self, func, chosen["device"], kwargs)
+            return device_sets.run_on_devices(
+                self, worker_context(self.app), func, chosen, kwargs, release=
+                lambda leases, holder: _release_all(self, leases, holder), poll=POLL,
+                in_slot_wait=IN_SLOT_WAIT, retry_after=(RETRY_AFTER, MAX_RETRY_AFTER))
 
         run.__name__ = func.__name__
         run.__doc__ = func.__doc__
@@ -222,10 +250,24 @@ def device_task(
             soft_time_limit=soft_time_limit, time_limit=time_limit,
             lease_timeout=lease_timeout, connect_timeout=connect_timeout,
             idempotent=idempotent, acks_late=True,
-            reject_on_worker_lost=idempotent, takes_lease=session,
+            reject_on_worker_lost=idempotent, takes_lease=session, labq_roles=role_names,
         )
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _check_roles(roles: tuple[str, ...] | None, session: bool) -> tuple[str, ...]:
+    if roles is None:
+        return ("device",)
+    names = (roles,) if isinstance(roles, str) else tuple(roles)
+    bad = [r for r in names if not isinstance(r, str) or not r.isidentifier()
+           or r.startswith("labq_")]
+    if not names or bad or len(set(names)) != len(names):
+        raise ConfigError("roles", roles, "give distinct argument names, such as "
+                          "('dut', 'peer'), none starting with labq_")
+    if not session and names != ("device",):
+        raise ConfigError("roles", roles, "a session=False task has the one role 'device'")
+    return names
 
 
 def _run_on_device(task: DeviceTask, func: Callable[..., Any], device: str,
@@ -272,6 +314,18 @@ def _release(task: DeviceTask, leases: Leases, device: str, holder: str) -> None
         holder,
         queue=lambda pipe: leases.queue_release(pipe, device, holder),
         fallback=lambda: leases.release(device, holder),
+    ))
+
+
+def _release_all(task: DeviceTask, leases: Leases, holder: str) -> None:
+    """Release every lease of ``holder`` with the task's stored end, else at once."""
+    if not _rides_with_result(task):
+        leases.release_all(holder)
+        return
+    task.backend.add_rider(Rider(
+        holder,
+        queue=lambda pipe: leases.queue_release_all(pipe, holder),
+        fallback=lambda: leases.release_all(holder),
     ))
 
 

@@ -174,6 +174,19 @@ class LabqTask(Task):  # type: ignore[misc]
         finally:
             current.run_id = current.task_id = current.device = None
 
+    def note_devices(self, devices: dict[str, str]) -> None:
+        """Add the devices the task was given (role -> device) to its start
+        record, for the run's outcome; a no-op outside a run."""
+        start = getattr(self.request, "labq_start", None)
+        if start is None:
+            return
+        run_id, record = start
+        record = {**record, "devices": dict(devices)}
+        self.request.labq_start = (run_id, record)
+        settings = self.app.labq_settings
+        worker_redis(settings.broker_url, settings).hset(
+            starts_key(run_id), self.request.id, json.dumps(record))
+
     def _start_rider(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> StartRider | None:
         """A command to send with the start record; none here (DeviceTask takes its lease)."""
         return None
@@ -208,10 +221,10 @@ class LabqTask(Task):  # type: ignore[misc]
         stored = None if started is None or shared else self.backend.store(started)
         if shared:
             self.backend.store(started, pipe)
-        pipe.hset(starts_key(run_id), task_id, json.dumps({
-            "at": time.time(), "worker": self.request.hostname or "",
-            "slot": slot_name(self.request.hostname), "pid": os.getpid(),
-        }))
+        record = {"at": time.time(), "worker": self.request.hostname or "",
+                  "slot": slot_name(self.request.hostname), "pid": os.getpid()}
+        self.request.labq_start = (run_id, record)
+        pipe.hset(starts_key(run_id), task_id, json.dumps(record))
         pipe.expire(starts_key(run_id), RUN_TTL)
         pipe.exists(cancel_key(run_id))
         pipe.hexists(fenced_key(run_id), task_id)

@@ -341,6 +341,26 @@ def _show_inventory(cli: IosCli, args: list[str]) -> str:
     return ios_shows.inventory(cli.hostname)
 
 
+def _ping(cli: IosCli, args: list[str]) -> str:
+    """``ping ADDRESS [repeat N]``: every echo answers, as on a healthy lab link."""
+    import ipaddress
+
+    if not args:
+        raise _BadArgument(0)
+    try:
+        address = ipaddress.ip_address(args[0])
+    except ValueError:
+        raise _BadArgument(0) from None
+    count = 5
+    if len(args) >= 2:
+        if args[1].lower() != "repeat"[:len(args[1])] or len(args) != 3:
+            raise _BadArgument(1)
+        if not args[2].isdigit() or not 1 <= int(args[2]) <= 10000:
+            raise _BadArgument(2)
+        count = int(args[2])
+    return ios_shows.ping(str(address), count)
+
+
 def _tree(privileged: bool) -> _Node:
     show = {
         "version": _Node(_show_version),
@@ -360,6 +380,7 @@ def _tree(privileged: bool) -> _Node:
                                "monitor": _Node(lambda cli, a: ""),
                                "no": _Node(sub={"monitor": _Node(lambda cli, a: "")})}),
         "show": _Node(sub=show),
+        "ping": _Node(_ping, args="any"),
     }
     if privileged:
         show["running-config"] = _Node(_show_run, sub={

@@ -60,6 +60,15 @@ def ip_interface_brief(interfaces: list[tuple[str, str, bool, bool]]) -> str:
     return "\n".join(rows)
 
 
+def ping(address: str, count: int) -> str:
+    """``ping ADDRESS repeat COUNT``, every echo answered."""
+    bangs = "\n".join("!" * min(70, count - i) for i in range(0, count, 70))
+    return ("Type escape sequence to abort.\n"
+            f"Sending {count}, 100-byte ICMP Echos to {address}, timeout is 2 seconds:\n"
+            f"{bangs}\n"
+            f"Success rate is 100 percent ({count}/{count}), round-trip min/avg/max = 1/1/2 ms")
+
+
 def users(username: str) -> str:
     """``show users``: just this session."""
     return ("    Line       User       Host(s)              Idle       Location\n"

@@ -1,0 +1,159 @@
+"""Device tasks on several devices, or on any device of a pool.
+
+A task whose roles name a :class:`~labq.devices.pick.Pick`, or that has more
+than one role, runs here instead of on the one-device path:
+
+1. :func:`~labq.devices.selection.plan` lists, from the worker's testbed, the
+   candidates of every role on each queue that can serve the whole task;
+2. the worker takes one device per role on its own queue in one atomic
+   Redis step (:meth:`~labq.devices.lease.Leases.acquire_set`), or waits in
+   every candidate's line holding nothing: polling in its slot when it is
+   near the front, else giving the slot back and retrying later;
+3. while it waits, if another queue of the plan has a free assignment, the
+   task leaves its lines and moves there (a retry to that queue): a Pick
+   never waits on one segment's busy devices while another's sit free;
+4. the chosen devices are added to the task's start record, so the run's
+   outcome says which devices ran (``Outcome.devices``);
+5. one session per role, in role order, is passed to the function; all are
+   closed, and every lease is released with the task's stored end
+   (``release_all``), also on a kill.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from labq.devices.drivers import Session, open_session
+from labq.devices.lease import Leases, Renewer, SetGrant
+from labq.devices.pick import Pick
+from labq.devices.selection import Plan, assign, plan
+from labq.errors import SoftTimeout
+from labq.keys import wait_since_key
+
+log = logging.getLogger(__name__)
+
+
+def run_on_devices(task: Any, ctx: Any, func: Callable[..., Any],
+                   roles: Mapping[str, str | Pick], kwargs: dict[str, Any], *,
+                   release: Callable[[Leases, str], None], poll: float,
+                   in_slot_wait: float, retry_after: tuple[float, float]) -> Any:
+    """Lease a device for every role, call ``func(*sessions, **kwargs)``, release.
+
+    ``release(leases, holder)`` frees every lease of ``holder`` (with the
+    task's stored end where it can ride); ``ctx`` is the worker context
+    (``testbed``, ``leases``, ``device()``).
+    """
+    settings = task.app.labq_settings
+    found = plan(ctx.testbed, roles, settings.default_queue, task.name)
+    request = task.request
+    queue = (request.delivery_info or {}).get("routing_key") or found.preferred
+    if queue not in found.queues:
+        queue = found.preferred  # called directly, or the testbed changed under the task
+    holder = request.id or f"direct-{uuid.uuid4().hex}"
+    try:
+        grant = _take(task, ctx, found, queue, holder, poll=poll, in_slot_wait=in_slot_wait,
+                      retry_after=retry_after)
+    except BaseException:
+        # A move or a retry leaves the lines here; a failure leaves them too.
+        if not _is_retry(task):
+            ctx.leases.release_all(holder)
+        raise
+    chosen = dict(zip(found.roles, grant.devices, strict=True))
+    try:
+        note = getattr(task, "note_devices", None)
+        if note is not None:
+            note(chosen)
+        renewers = [Renewer(ctx.leases, g) for g in grant.grants()]
+        for r in renewers:
+            r.__enter__()
+        try:
+            return _call(ctx, func, chosen, kwargs, task.connect_timeout)
+        finally:
+            for r in renewers:
+                r.__exit__(None, None, None)
+    finally:
+        release(ctx.leases, holder)
+
+
+def _is_retry(task: Any) -> bool:
+    return bool(getattr(task.request, "labq_moving", False))
+
+
+def _call(ctx: Any, func: Callable[..., Any], chosen: Mapping[str, str],
+          kwargs: dict[str, Any], connect_timeout: float) -> Any:
+    sessions: list[Session] = []
+    try:
+        for device in chosen.values():
+            sessions.append(open_session(ctx.device(device), connect_timeout))
+        return func(*sessions, **kwargs)
+    except SoftTimeLimitExceeded as exc:
+        for s in sessions:
+            s.abort()  # mid-command, perhaps: drop, don't say goodbye
+        partial: dict[str, str] = {}
+        cut = None
+        for role, s in zip(chosen, sessions, strict=False):
+            for command, output in s.gathered().items():
+                partial[f"{role}: {command}"] = output
+            if s.pending is not None:
+                cut = f"{role}: {s.pending.command}"
+        raise SoftTimeout.on(", ".join(chosen.values()), partial, cut) from exc
+    finally:
+        for s in sessions:
+            s.close()
+
+
+def _take(task: Any, ctx: Any, found: Plan, queue: str, holder: str, *, poll: float,
+          in_slot_wait: float, retry_after: tuple[float, float]) -> SetGrant:
+    leases: Leases = ctx.leases
+    request = task.request
+    since_key = wait_since_key(holder)
+    again = request.retries or (request.delivery_info or {}).get("redelivered")
+    raw = leases.client.get(since_key) if again else None
+    since = float(raw) if raw else None
+    slots = [[(d, ctx.device(d).max_sessions) for d in slot.candidates]
+             for slot in found.queues[queue]]
+    others = {q: s for q, s in found.queues.items() if q != queue}
+    slot_deadline = time.monotonic() + in_slot_wait
+    while True:
+        answer = leases.acquire_set(slots, holder, task=task.name,
+                                    worker=request.hostname or "", since=since)
+        if isinstance(answer, SetGrant):
+            if since is not None:
+                leases.client.delete(since_key)
+            return answer
+        if answer.waited > task.lease_timeout:
+            leases.client.delete(since_key)
+            raise answer.busy()
+        if since is None:
+            since = answer.waiting_since
+            leases.client.set(since_key, repr(since), ex=int(task.lease_timeout) + 60)
+        if others and not request.called_directly:
+            elsewhere = _free_queue(ctx, others)
+            if elsewhere is not None:
+                leases.release_all(holder)  # leave the lines here, keep the first-wait time
+                log.info("task %s moves to queue %s, where its devices are free",
+                         holder, elsewhere)
+                request.labq_moving = True
+                raise task.retry(countdown=0, queue=elsewhere, routing_key=elsewhere,
+                                 max_retries=None)
+        if not answer.near and time.monotonic() > slot_deadline and not request.called_directly:
+            request.labq_moving = True  # the retry keeps its lines (and place) alive
+            low, high = retry_after
+            raise task.retry(countdown=min(high, max(low, 0.2 * len(answer.holders))))
+        time.sleep(poll)
+
+
+def _free_queue(ctx: Any, others: Mapping[str, Any]) -> str | None:
+    """A queue where every role has a free device now, if any."""
+    names = {d for slots in others.values() for s in slots for d in s.candidates}
+    free = ctx.leases.free({d: ctx.device(d).max_sessions for d in names})
+    for queue, slots in sorted(others.items()):
+        if assign([s.candidates for s in slots], lambda d: d in free) is not None:
+            return str(queue)
+    return None
