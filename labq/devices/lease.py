@@ -36,6 +36,10 @@ from labq.settings import mask_url
 
 log = logging.getLogger(__name__)
 
+#: A topology or Pick that has waited this long reserves the devices it is
+#: first in line for; before, it holds nobody up (see ``ACQUIRE_SET``).
+RESERVE_AFTER = 5.0
+
 
 @dataclass(frozen=True)
 class Grant:
@@ -219,11 +223,17 @@ class Leases:
                     task: str = "", worker: str = "", ttl: float | None = None,
                     since: float | None = None) -> SetGrant | SetWait:
         """One distinct device per slot, from its ``(device, max_sessions)``
-        candidates, all leased in one atomic step, or none and a place in
-        every candidate's line. Costs O(candidates), whatever the lab's size."""
+        candidates, all leased in one atomic step, or none.
+
+        A waiter holds nobody up for its first :data:`RESERVE_AFTER`
+        seconds (pass its ``since`` back on every try); after that it is in
+        every candidate's line, and no later task takes those devices from
+        it. Costs O(candidates), whatever the lab's size.
+        """
         _check("holder", holder)
         args: list[object] = [holder, _ms("ttl", self.ttl if ttl is None else ttl), task,
-                              worker, int(since * 1000) if since else 0, len(slots)]
+                              worker, int(since * 1000) if since else 0,
+                              int(RESERVE_AFTER * 1000), len(slots)]
         names: list[str] = []
         for slot in slots:
             if not slot:

@@ -91,14 +91,18 @@ tidy(d)
 return {0, rank + 1, redis.call('ZSCORE', wait, h), now, redis.call('ZRANGE', lease, 0, -1)}
 """
 
-# ARGV: prefix, wttl, holder, ttl, task, worker, since, nslots, then for each
-# slot: n, and n pairs of (device, max_sessions). One distinct device per slot,
-# all granted together or none: the holder waits in the line of every
-# candidate meanwhile, with one first-wait time, so the earliest waiter is
-# first in all its lines and no two waiters can each hold what the other needs.
+# ARGV: prefix, wttl, holder, ttl, task, worker, since, reserve_ms, nslots, then
+# for each slot: n, and n pairs of (device, max_sessions). One distinct device
+# per slot, all granted together or none. A set waiter younger than
+# reserve_ms holds nobody up: it takes a device only where no waiter that
+# does is ahead of it. Once older, it joins every candidate's line with its
+# first-wait time, and no later task takes those devices from it. Single
+# waiters are always in line. One first-wait time orders all of a waiter's
+# lines, so no two waiters can each be ahead where the other needs to be.
 ACQUIRE_SET = LUA_LIB + """
-local h, ttl, since, nslots = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local slots, maxof, order, i = {}, {}, {}, 9
+local h, ttl, since = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[7])
+local reserve, nslots = tonumber(ARGV[8]), tonumber(ARGV[9])
+local slots, maxof, order, i = {}, {}, {}, 10
 for s = 1, nslots do
   local n, c = tonumber(ARGV[i]), {}
   i = i + 1
@@ -111,18 +115,20 @@ for s = 1, nslots do
   slots[s] = c
 end
 if since <= 0 or since > now then since = now end
--- free[d]: d's turn has come for h (a slot is open, and h is among the
--- first waiters for it); near: every slot has a candidate where h is that close
-local free, first = {}, nil
+local old = now - since >= reserve
+-- free[d]: a session of d is open to h (none of the waiters ahead of h holds
+-- it up); close[d]: it will be once d's holders leave
+local free, close = {}, {}
 for _, d in ipairs(order) do
   purge(d)
   local lease, _, wait, seen = keys(d)
-  if not redis.call('ZSCORE', wait, h) then redis.call('ZADD', wait, since, h) end
-  redis.call('HSET', seen, h, now)
-  local rank = redis.call('ZRANK', wait, h)
-  if rank < maxof[d] - redis.call('ZCARD', lease) then free[d] = true end
-  local at = tonumber(redis.call('ZSCORE', wait, h))
-  if not first or at < first then first = at end
+  if old then
+    if not redis.call('ZSCORE', wait, h) then redis.call('ZADD', wait, since, h) end
+    redis.call('HSET', seen, h, now)
+  end
+  local ahead = redis.call('ZCOUNT', wait, '-inf', '(' .. since)
+  free[d] = ahead < maxof[d] - redis.call('ZCARD', lease)
+  close[d] = ahead < maxof[d]
 end
 local owner = {}
 local function place(s, seen)
@@ -157,23 +163,20 @@ if all then
 end
 local near, holders = 1, {}
 for s = 1, nslots do
-  local close = false
-  for _, d in ipairs(slots[s]) do
-    local _, _, wait = keys(d)
-    if redis.call('ZRANK', wait, h) < maxof[d] then close = true end
-  end
-  if not close then near = 0 end
+  local any = false
+  for _, d in ipairs(slots[s]) do any = any or close[d] end
+  if not any then near = 0 end
 end
 for _, d in ipairs(order) do
-  redis.call('SADD', P..'waiting:'..h, d)
+  if old then redis.call('SADD', P..'waiting:'..h, d) end
   if #holders < 8 then
     local lease = keys(d)
     for _, x in ipairs(redis.call('ZRANGE', lease, 0, 1)) do holders[#holders + 1] = x end
   end
   tidy(d)
 end
-keep(P..'waiting:'..h, WTTL)
-return {0, near, first, now, holders}
+if old then keep(P..'waiting:'..h, WTTL) end
+return {0, near, since, now, holders}
 """
 
 # ARGV: prefix, wttl, n, then n pairs of (device, max_sessions): the devices a

@@ -11,7 +11,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labq.devices.lease import Leases, SetGrant, SetWait, Wait
+from labq.devices.lease import RESERVE_AFTER, Grant, Leases, SetGrant, SetWait, Wait
 from labq.keys import held_key, lease_keys
 
 LAB = [f"d{i}" for i in range(8)]
@@ -51,19 +51,26 @@ def test_two_picks_of_one_pool_never_get_the_same_device(redis_client: redis.Red
     leases.release_all("mixed")
 
 
-def test_the_first_waiter_keeps_a_freed_device_against_later_ones(
+def test_a_young_set_waiter_holds_nobody_up_and_an_old_one_reserves(
         redis_client: redis.Redis) -> None:
     leases = Leases(redis_client)
     for d in ("d5", "d6"):
         leases.acquire(d, f"busy-{d}", 1)
-    assert isinstance(leases.acquire_set([one("d5"), one("d6")], "topo"), SetWait)
+    got = leases.acquire_set([one("d5"), one("d6")], "topo")
+    assert isinstance(got, SetWait)
     leases.release("d5", "busy-d5")
-    # A single-device task that came later may not take d5 from the topology.
-    time.sleep(0.002)  # first-wait times are in ms; a tie goes by name
+    # Young, it holds nobody up: a later single task takes the free d5.
+    time.sleep(0.002)
+    assert isinstance(leases.acquire("d5", "early", 1), Grant)
+    leases.release("d5", "early")
+    # Once it has waited RESERVE_AFTER, it is in d5's line, ahead of later tasks.
+    since = got.waiting_since - RESERVE_AFTER
+    assert isinstance(leases.acquire_set([one("d5"), one("d6")], "topo", since=since), SetWait)
+    assert [w.holder for w in leases.waiters("d5")] == ["topo"]
     assert isinstance(leases.acquire("d5", "later", 1), Wait)
     assert holders(redis_client, "d5") == set()
     leases.release("d6", "busy-d6")
-    got = leases.acquire_set([one("d5"), one("d6")], "topo")
+    got = leases.acquire_set([one("d5"), one("d6")], "topo", since=since)
     assert isinstance(got, SetGrant)
     leases.release_all("topo")
     leases.release_all("later")
@@ -75,12 +82,14 @@ def test_a_pick_waits_in_every_line_and_takes_the_first_freed(
     pool = [(d, 1) for d in ("d0", "d1", "d2")]
     for d, _ in pool:
         leases.acquire(d, f"busy-{d}", 1)
-    assert isinstance(leases.acquire_set([pool], "pick"), SetWait)
+    since = time.time() - RESERVE_AFTER  # old enough to be in every line
+    assert isinstance(leases.acquire_set([pool], "pick", since=since), SetWait)
+    assert all([w.holder for w in leases.waiters(d)] == ["pick"] for d, _ in pool)
     leases.release("d1", "busy-d1")
-    got = leases.acquire_set([pool], "pick")
+    got = leases.acquire_set([pool], "pick", since=since)
     assert isinstance(got, SetGrant) and got.devices == ("d1",)
-    # It has left the other lines: a later waiter is first there now.
-    assert leases.waiters("d0") == []
+    # It has left the other lines.
+    assert leases.waiters("d0") == [] and leases.waiters("d2") == []
     for d in ("d0", "d2"):
         leases.release(d, f"busy-{d}")
     leases.release_all("pick")
@@ -118,11 +127,12 @@ def test_any_mix_of_sets_and_singles_ends_with_every_task_served(
     rnd = random.Random(seed)  # not hypothesis's: the draws depend on Redis's answers
     leases = Leases(redis_client)
     pending = {f"t{i}": slots for i, slots in enumerate(tasks)}
+    since: dict[str, float] = {}
     running: dict[str, tuple[int, tuple[str, ...]]] = {}
     served = 0
     for step in range(40 * len(tasks)):
         for name in rnd.sample(sorted(pending), len(pending)):
-            got = leases.acquire_set(pending[name], name)
+            got = leases.acquire_set(pending[name], name, since=since.get(name))
             held = {d.decode() for d in redis_client.smembers(held_key(name))}
             if isinstance(got, SetGrant):
                 assert held == set(got.devices) and len(got.devices) == len(pending[name])
@@ -132,6 +142,9 @@ def test_any_mix_of_sets_and_singles_ends_with_every_task_served(
                 del pending[name]
             else:
                 assert held == set()  # all or nothing
+                # Half of them have waited long enough to reserve their devices.
+                old = RESERVE_AFTER if int(name[1:]) % 2 else 0.0
+                since.setdefault(name, got.waiting_since - old)
         use = Counter(d for _, devices in running.values() for d in devices)
         assert max(use.values(), default=0) <= 1
         for name, (until, _) in list(running.items()):
