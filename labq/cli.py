@@ -247,13 +247,16 @@ def demo(ctx: Context, keep: bool, testbed: Path | None) -> None:
          type=click.Path(dir_okay=False, path_type=Path), help="Testbed YAML.  [default: from settings]")
 @_option("--broker", envvar="LABQ_BROKER_URL", default=None,
          help="Redis URL of the lab.  [default: from settings]")
+@click.option("--labels", "labels", multiple=True, metavar="NAME=VALUE",
+              help="Only devices with this label (repeat for more; a comma means any of).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_ctx
-def devices(ctx: Context, testbed: Path | None, broker: str | None, as_json: bool) -> None:
-    """List every device with its queue, lease holders and waiters."""
-    from labq.ops.device_list import device_rows, print_device_rows
+def devices(ctx: Context, testbed: Path | None, broker: str | None, labels: tuple[str, ...],
+            as_json: bool) -> None:
+    """List every device with its queue, labels, lease holders and waiters."""
+    from labq.ops.device_list import device_rows, parse_labels, print_device_rows
 
-    rows = device_rows(ctx.settings(testbed=testbed, broker_url=broker))
+    rows = device_rows(ctx.settings(testbed=testbed, broker_url=broker), parse_labels(labels))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:

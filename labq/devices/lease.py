@@ -108,6 +108,8 @@ class Holder:
     worker: str
     since: float
     expires_at: float
+    #: Every device the holder leased in the same step (a topology), in role order.
+    devices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -325,7 +327,8 @@ class Leases:
                 info = json.loads(text(infos[i // 2])) if infos[i // 2] else {}
                 holders.append(Holder(text(flat_h[i]), str(info.get("task", "")),
                                       str(info.get("worker", "")), float(info.get("since", 0)),
-                                      float(text(flat_h[i + 1])) / 1000))
+                                      float(text(flat_h[i + 1])) / 1000,
+                                      tuple(str(d) for d in info.get("devices") or ())))
             waiters = [Waiter(text(flat_w[i]), i // 2 + 1, float(text(flat_w[i + 1])) / 1000)
                        for i in range(0, len(flat_w), 2)]
             out.append(DeviceLeases(text(name), holders, waiters))

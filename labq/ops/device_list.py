@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -11,8 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from labq.devices.lease import Leases
+from labq.devices.pick import Pick
 from labq.devices.testbed_yaml import load_testbed
-from labq.errors import BrokerUnavailable
+from labq.errors import BrokerUnavailable, ConfigError
 from labq.redis_client import connect, unavailable
 from labq.settings import Settings
 
@@ -23,8 +25,22 @@ def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
                  for part in re.split(r"(\d+)", name) if part)
 
 
-def device_rows(settings: Settings) -> list[dict[str, Any]]:
-    """One row per testbed device, plus any leased device the testbed lacks."""
+def parse_labels(specs: Sequence[str]) -> Pick | None:
+    """``("role=spine", "os=iosxe,nxos")`` as a Pick (a comma means any of);
+    None when there are none. Refuses a spec without ``=``, naming it."""
+    labels: dict[str, list[str]] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigError("--labels", spec, "give NAME=VALUE, such as role=spine "
+                              "(VALUE may list several, comma-separated)")
+        labels.setdefault(key.strip(), []).extend(v.strip() for v in value.split(",") if v.strip())
+    return Pick(**labels) if labels else None
+
+
+def device_rows(settings: Settings, labels: Pick | None = None) -> list[dict[str, Any]]:
+    """One row per testbed device, plus any leased device the testbed lacks;
+    with ``labels``, only the testbed devices that match."""
     testbed = load_testbed(settings.testbed)
     client = connect(settings.broker_url, settings, socket_timeout=5)
     try:
@@ -34,7 +50,9 @@ def device_rows(settings: Settings) -> list[dict[str, Any]]:
     finally:
         client.close()
     rows = []
-    for name in sorted(set(testbed.devices) | set(state), key=natural_key):
+    names = set(testbed.devices) | set(state) if labels is None else {
+        d.name for d in testbed if labels.matches(d)}
+    for name in sorted(names, key=natural_key):
         dev = testbed.devices.get(name)
         leases = state.get(name)
         rows.append({
@@ -42,9 +60,11 @@ def device_rows(settings: Settings) -> list[dict[str, Any]]:
             "queue": (dev.queue or settings.default_queue) if dev else "?",
             "max_sessions": dev.max_sessions if dev else None,
             "address": dev.address if dev else "",
+            "labels": dev.all_labels if dev else {},
             "holders": [
                 {"task_id": h.holder, "task": h.task, "worker": h.worker,
-                 "since": h.since, "expires_at": h.expires_at}
+                 "since": h.since, "expires_at": h.expires_at,
+                 "with": [d for d in h.devices if d != name]}
                 for h in (leases.holders if leases else [])
             ],
             "waiters": [
@@ -58,15 +78,18 @@ def device_rows(settings: Settings) -> list[dict[str, Any]]:
 def print_device_rows(rows: list[dict[str, Any]], console: Console | None = None) -> None:
     now = time.time()
     table = Table(title="devices")
-    for col in ("device", "queue", "sessions", "holders (task @ worker, held, expires in)",
-                "waiters"):
+    for col in ("device", "queue", "labels", "sessions",
+                "holders (task @ worker, held, expires in; with its other devices)", "waiters"):
         table.add_column(col)
     for row in rows:
         holders = "\n".join(
             f"{h['task_id'][:8]} {h['task'].rsplit('.', 1)[-1]} @ {h['worker']}, "
             f"{now - h['since']:.0f}s, {h['expires_at'] - now:.0f}s"
+            + (f"; with {', '.join(h['with'])}" if h.get("with") else "")
             for h in row["holders"])
         waiters = ", ".join(f"{w['position']}:{w['task_id'][:8]}" for w in row["waiters"])
+        own = {k: v for k, v in row["labels"].items() if k not in ("os", "type")}
         table.add_row(row["device"], row["queue"],
+                      " ".join(f"{k}={v}" for k, v in own.items()),
                       f"{len(row['holders'])}/{row['max_sessions'] or '?'}", holders, waiters)
     (console or Console()).print(table)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -129,3 +134,36 @@ def test_a_hard_kill_of_a_three_role_task_frees_every_lease_at_once(
     while any(lease_holders(client, d) for d in POOLS[("lab-a", "leaf")]):
         assert time.monotonic() - seen < 1.0, "a lease outlived the kill by 1 s"
         time.sleep(0.02)
+
+
+def labq_devices(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **stack.settings.to_env(), "COLUMNS": "250"}
+    return subprocess.run([str(Path(sys.executable).with_name("labq")), "devices", *args],
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_labq_devices_filters_by_label_and_shows_a_topologys_other_devices(
+        app: LabqCelery, stack: Stack) -> None:
+    client = client_of(stack)
+    leaves = POOLS[("lab-a", "leaf")]
+    with run(app, "devices-topo") as r:
+        r.submit(topology.triangle, a=leaves[0], b=leaves[1], c=leaves[2], hold=3)
+        deadline = time.monotonic() + 10
+        while not all(lease_holders(client, d) for d in leaves):
+            assert time.monotonic() < deadline, "the topology never started"
+            time.sleep(0.05)
+        out = labq_devices(stack, "--labels", "role=leaf", "--json")
+        assert out.returncode == 0, out.stderr
+        rows = {row["device"]: row for row in json.loads(out.stdout)}
+        assert sorted(rows) == leaves  # only the leaves
+        assert rows[leaves[0]]["labels"]["role"] == "leaf"
+        for name in leaves:
+            [holder] = rows[name]["holders"]
+            assert holder["task_id"] == r.outcomes[0].task_id
+            assert sorted(holder["with"]) == sorted(set(leaves) - {name})
+        table = labq_devices(stack, "--labels", "role=leaf")
+        assert "role=leaf" in table.stdout and f"with {leaves[1]}, {leaves[2]}" in table.stdout
+    assert r.outcomes[0].ok, r.outcomes[0].error
+    bad = labq_devices(stack, "--labels", "role")
+    assert bad.returncode == 2
+    assert "labq: error: --labels='role'" in bad.stderr and "NAME=VALUE" in bad.stderr
