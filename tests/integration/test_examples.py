@@ -31,3 +31,14 @@ def test_aetest_example_passes_with_labq_pcall(stack: Stack) -> None:
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-4000:]
     assert "3 devices answered" in text
+
+
+def test_pools_example_runs_picks_and_topologies_on_any_labelled_testbed(stack: Stack) -> None:
+    out = subprocess.run([sys.executable, str(EXAMPLES / "pools.py")],
+                         env={**child_env(stack.settings), "COLUMNS": "200"},
+                         capture_output=True, text=True, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    assert "execute: succeeded on {'device': 'sp-" in text
+    assert "ping_peer: succeeded on {'dut': 'lf-a1', 'peer': 'sp-a" in text
+    assert "three leaves held together: lf-a" in text
