@@ -24,6 +24,7 @@ BENCHMARKS: tuple[tuple[str, list[str]], ...] = (
     ("memory", []),                                                # USS/PSS per slot
     ("scale", []),                                                 # 1,000 devices
     ("timelimits", []),                                            # issue 5
+    ("allocation", []),                                            # issue 14
 )
 
 

@@ -230,6 +230,34 @@ def scale_block() -> str:
     return "\n".join(lines)
 
 
+def allocation_block() -> str:
+    d = load("allocation")
+    if d is None:
+        return missing("allocation", ".venv/bin/python -m bench.allocation")
+    p, big, small = d["params"], d["lab"], d["small_lab"]
+    lines = [where(d), "",
+             f"{p['devices']} devices, each held, and {p['waiters']} waiters in line; a Pick "
+             f"of a pool of {p['pool']}, a named 3-role topology and a named device, "
+             f"interleaved, {p['trials']} trials each (the time of one request, then its "
+             f"release).", "",
+             "| side | free: us per request | busy: us per refused try | "
+             f"free, in a lab of {small['devices']} |", "|---|---|---|---|"]
+    for side in ("named", "pick", "topology3"):
+        lines.append(f"| {side} | {_mmm(big['cost_free_us'][side], 0)} | "
+                     f"{_mmm(big['cost_busy_us'][side], 0)} | "
+                     f"{_mmm(small['cost_free_us'][side], 0)} |")
+    w = d["wait_to_start_ms"]
+    lines += ["", f"Wait to start, from the holder's release to the grant of a waiter that "
+                  f"polls every {p['poll']:g} s ({p['waits']} trials each): "
+              + "; ".join(f"{side} {_mmm(w[side], 1)} ms" for side in ("named", "pick",
+                                                                      "topology3")) + ".",
+              "", f"**Pick / named = {_f(d['summary']['pick_over_named'])}, topology / named "
+                  f"= {_f(d['summary']['topology3_over_named'])}; a Pick in the "
+                  f"{p['devices']}-device lab / in the {small['devices']}-device lab = "
+                  f"{_f(d['summary']['pick_lab_over_small_lab'])}.**"]
+    return "\n".join(lines)
+
+
 TIMELIMIT_ROWS = (("soft", "soft lateness, from body start", "p99 <= 100"),
                   ("soft_from_arm", "soft lateness, from timer arm", ""),
                   ("hard", "hard lateness, whole group dead, from body start", "p99 <= 300"),
@@ -325,6 +353,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "roundtrip": roundtrip_block,
     "memory": memory_block,
     "scale": scale_block,
+    "allocation": allocation_block,
     "timelimits": timelimits_block,
 }
 

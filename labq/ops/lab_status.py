@@ -33,6 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from labq.devices.lease import DeviceLeases, Leases
+from labq.devices.pick import decode
 from labq.errors import BrokerUnavailable
 from labq.keys import (
     BINDING_PREFIX,
@@ -264,7 +265,7 @@ def _parse(payload: bytes | str, delivered_at: float) -> _Unacked | None:
         return None  # not a labq task message (protocol 1, pickle): skipped
     if not isinstance(kwargs, dict):
         kwargs = {}
-    device = kwargs.get("device") or ""
+    device = decode(kwargs.get("device") or "")  # a Pick shows as Pick(role='spine')
     return _Unacked(task_id=str(headers.get("id", "")), task=str(headers.get("task", "")),
                     device=str(device), run=str(kwargs.get(RUN_KWARG) or ""),
                     delivered_at=delivered_at)
