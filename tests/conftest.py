@@ -104,8 +104,11 @@ FAULTY = {"hang": {"hang": "show version"}, "authfail": {"auth_fail": True},
 def lab_testbed(path: Path) -> Path:
     """The session's simulated lab: two segments, lease and free devices, faulty ones,
     and a unicon mock device when pyATS is installed."""
+    labelled = [*((n, q, r) for (q, r), members in POOLS.items() for n in members),
+                *((n, q, r) for n, (q, r) in PROP_DEVICES.items())]
     names = [*SEGMENT_DEVICES["lab-a"], *SEGMENT_DEVICES["lab-b"], *LEASE_DEVICES,
-             *FREE_DEVICES, *FAULTY]
+             *FREE_DEVICES, *FAULTY, *(n for n, _, _ in labelled), "uhang"]
+    # One batch: ports drawn in two calls may repeat, as none is bound until the sim starts.
     ports = iter(free_ports(len(names)))
     devices: dict[str, dict[str, object]] = {}
     for queue, members in SEGMENT_DEVICES.items():
@@ -115,16 +118,13 @@ def lab_testbed(path: Path) -> Path:
         devices[name] = device_entry("127.0.0.1", next(ports))
     for name, knobs in FAULTY.items():
         devices[name] = device_entry("127.0.0.1", next(ports), sim=knobs)
-    labelled = [*((n, q, r) for (q, r), members in POOLS.items() for n in members),
-                *((n, q, r) for n, (q, r) in PROP_DEVICES.items())]
-    for (name, queue, role), port in zip(labelled, free_ports(len(labelled)), strict=True):
-        devices[name] = device_entry("127.0.0.1", port, queue=queue)
+    for name, queue, role in labelled:
+        devices[name] = device_entry("127.0.0.1", next(ports), queue=queue)
         devices[name]["custom"]["labq"]["labels"] = {"role": role}  # type: ignore[index]
     mock = Path(sys.executable).with_name("mock_device_cli")
     if mock.exists():
         # unicon over real ssh to a simulated device whose `show clock` hangs.
-        devices["uhang"] = device_entry("127.0.0.1", free_ports(1)[0],
-                                        sim={"hang": "^show clock"})
+        devices["uhang"] = device_entry("127.0.0.1", next(ports), sim={"hang": "^show clock"})
         devices["uhang"]["custom"]["labq"]["driver"] = "unicon"  # type: ignore[index]
         devices["u1"] = {
             "os": "iosxe", "type": "router",
