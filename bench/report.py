@@ -238,8 +238,8 @@ def allocation_block() -> str:
     lines = [where(d), "",
              f"{p['devices']} devices, each held, and {p['waiters']} waiters in line; a Pick "
              f"of a pool of {p['pool']}, a named 3-role topology and a named device, "
-             f"interleaved, {p['trials']} trials each (the time of one request, then its "
-             f"release).", "",
+             f"interleaved, {p['trials']} trials each (the time of one request alone; it is "
+             f"released before the next).", "",
              "| side | free: us per request | busy: us per refused try | "
              f"free, in a lab of {small['devices']} |", "|---|---|---|---|"]
     for side in ("named", "pick", "topology3"):
