@@ -30,7 +30,7 @@ from typing import Any
 import redis
 
 from bench.common import command_line, machine, summary, write_result
-from labq.devices.lease import Leases, SetGrant
+from labq.devices.lease import Grant, Leases, SetGrant
 from labq.embedded.redis_server import RedisServer
 from labq.worker.device_task import POLL
 
@@ -102,7 +102,7 @@ def wait_to_start(leases: Leases, devices: int, trials: int,
                      granted: threading.Event = granted, at: list[float] = at) -> None:
                 while True:
                     got = call(leases, holder)
-                    if isinstance(got, SetGrant) or type(got).__name__ == "Grant":
+                    if isinstance(got, (Grant, SetGrant)):
                         at.append(time.perf_counter())
                         granted.set()
                         return

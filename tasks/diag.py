@@ -55,12 +55,8 @@ def burn(seconds: float = 1.0) -> dict[str, Any]:
     return {"turns": turns, **_where()}
 
 
-@shared_task(name="tasks.diag.stubborn")
-def stubborn(seconds: float = 3600.0) -> dict[str, Any]:
-    """Swallow ``SoftTimeLimitExceeded`` and keep sleeping.
-
-    Only the hard limit stops this task, which is what it is for.
-    """
+def sleep_through_soft_limits(seconds: float) -> int:
+    """Sleep ``seconds``, swallowing every soft interrupt; how many came."""
     end = time.monotonic() + seconds
     interrupted = 0
     while True:
@@ -73,7 +69,16 @@ def stubborn(seconds: float = 3600.0) -> dict[str, Any]:
         except SoftTimeLimitExceeded:
             interrupted += 1
             log.warning("ignoring the soft time limit (%d)", interrupted)
-    return {"interrupted": interrupted, **_where()}
+    return interrupted
+
+
+@shared_task(name="tasks.diag.stubborn")
+def stubborn(seconds: float = 3600.0) -> dict[str, Any]:
+    """Swallow ``SoftTimeLimitExceeded`` and keep sleeping.
+
+    Only the hard limit stops this task, which is what it is for.
+    """
+    return {"interrupted": sleep_through_soft_limits(seconds), **_where()}
 
 
 @shared_task(name="tasks.diag.masked")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from labq import device_task
 from labq.devices.drivers import Session
+from tasks.diag import sleep_through_soft_limits
 
 
 @device_task(roles=("dut", "peer"), soft_time_limit=60, time_limit=90)
@@ -22,18 +23,11 @@ def triangle(a: Session, b: Session, c: Session, hold: float = 0.0,
     (only the hard limit ends it)."""
     import time
 
-    from celery.exceptions import SoftTimeLimitExceeded
-
     names = [s.execute("show clock") and s.device.name for s in (a, b, c)]
-    end = time.monotonic() + hold
-    while True:
-        try:
-            if time.monotonic() >= end:
-                break
-            time.sleep(min(0.1, max(0.0, end - time.monotonic())))
-        except SoftTimeLimitExceeded:
-            if not stubborn:
-                raise
+    if stubborn:
+        sleep_through_soft_limits(hold)
+    else:
+        time.sleep(hold)
     return names
 
 

@@ -20,7 +20,7 @@ from labq.client.run_state import Call, RunState
 from labq.devices.lease import Leases
 from labq.keys import RUN_TTL, fenced_key
 from labq.outcome import Outcome, RemoteError, Status
-from labq.worker.liveness import WorkerWatch
+from labq.worker.liveness import WorkerWatch, dead_after
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def check_workers(state: RunState, client: redis.Redis, watch: WorkerWatch,
             continue
         lost += state.end([task_id], Status.LOST, finished_at=at, error=RemoteError(
             "WorkerLost", f"worker {worker} stopped its heartbeat while running "
-            f"{old.task} (silent for over {worker_ttl * 1.5:g} s)", ""))
+            f"{old.task} (silent for over {dead_after(worker_ttl):g} s)", ""))
     return lost
 
 

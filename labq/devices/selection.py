@@ -43,9 +43,6 @@ class Plan:
         return max(sorted(self.queues), key=lambda q: sum(len(s.candidates)
                                                           for s in self.queues[q]))
 
-    def devices(self) -> set[str]:
-        return {d for slots in self.queues.values() for s in slots for d in s.candidates}
-
 
 def role_arguments(roles: Sequence[str], kwargs: Mapping[str, Any],
                    task: str = "task") -> dict[str, str | Pick]:

@@ -16,6 +16,7 @@ import yaml
 
 from labq.errors import ConfigError
 from labq.settings import Settings
+from labq.worker.liveness import dead_after
 
 HEADER = """\
 # labq settings: copy to config/labq.yaml (read when present) or point
@@ -104,7 +105,7 @@ def example_config(settings: Settings | None = None) -> str:
     if missing or unknown or len(grouped) != len(set(grouped)):
         raise ConfigError("settings example", missing or unknown or grouped,
                           "every setting must appear in exactly one group of GROUPS")
-    death = values.worker_ttl * 1.5
+    death = dead_after(values.worker_ttl)
     lines = HEADER.splitlines()
     for head, fields in GROUPS:
         lines.append("")

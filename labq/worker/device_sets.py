@@ -25,9 +25,10 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from labq.devices.drivers import Session, open_session
 from labq.devices.lease import Leases, Renewer, SetGrant
@@ -59,30 +60,22 @@ def run_on_devices(task: Any, ctx: Any, func: Callable[..., Any],
     try:
         grant = _take(task, ctx, found, queue, holder, poll=poll, in_slot_wait=in_slot_wait,
                       retry_after=retry_after)
+    except Retry:
+        raise  # a retry keeps its place (a move has left the lines already)
     except BaseException:
-        # A move or a retry leaves the lines here; a failure leaves them too.
-        if not _is_retry(task):
-            ctx.leases.release_all(holder)
+        ctx.leases.release_all(holder)  # a failure or an interrupt leaves every line
         raise
     chosen = dict(zip(found.roles, grant.devices, strict=True))
     try:
         note = getattr(task, "note_devices", None)
         if note is not None:
             note(chosen)
-        renewers = [Renewer(ctx.leases, g) for g in grant.grants()]
-        for r in renewers:
-            r.__enter__()
-        try:
+        with ExitStack() as renewing:
+            for g in grant.grants():
+                renewing.enter_context(Renewer(ctx.leases, g))
             return _call(ctx, func, chosen, kwargs, task.connect_timeout)
-        finally:
-            for r in renewers:
-                r.__exit__(None, None, None)
     finally:
         release(ctx.leases, holder)
-
-
-def _is_retry(task: Any) -> bool:
-    return bool(getattr(task.request, "labq_moving", False))
 
 
 def _call(ctx: Any, func: Callable[..., Any], chosen: Mapping[str, str],
@@ -139,11 +132,9 @@ def _take(task: Any, ctx: Any, found: Plan, queue: str, holder: str, *, poll: fl
                 leases.release_all(holder)  # leave the lines here, keep the first-wait time
                 log.info("task %s moves to queue %s, where its devices are free",
                          holder, elsewhere)
-                request.labq_moving = True
                 raise task.retry(countdown=0, queue=elsewhere, routing_key=elsewhere,
                                  max_retries=None)
         if not answer.near and time.monotonic() > slot_deadline and not request.called_directly:
-            request.labq_moving = True  # the retry keeps its lines (and place) alive
             low, high = retry_after
             raise task.retry(countdown=min(high, max(low, 0.2 * len(answer.holders))))
         time.sleep(poll)

@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 FENCE_AFTER = 0.8
 
 
+def dead_after(ttl: float) -> float:
+    """Seconds of silence after which a run declares a worker dead: its
+    heartbeat's TTL, then half as long again seen missing."""
+    return ttl * 1.5
+
+
 @dataclass(frozen=True)
 class WorkerBeat:
     """The last heartbeat of one worker, as ``labq status`` shows it."""
@@ -101,7 +107,7 @@ class WorkerWatch:
 
     def __init__(self, client: redis.Redis, ttl: float, interval: float = 1.0) -> None:
         self.client = client
-        self.confirm = ttl / 2
+        self.confirm = dead_after(ttl) - ttl
         self.interval = interval
         self._next = 0.0
         self._missing_since: dict[str, float] = {}

@@ -106,11 +106,7 @@ def test_faulty_devices_end_in_the_right_status(app: LabqCelery, stack: Stack) -
     assert by_id[unreach].status is labq.Status.FAILED
     assert by_id[unreach].error and by_id[unreach].error.type == "DeviceUnreachable"
     assert "127.0.0.1:" in by_id[unreach].error.message
-    assert stack.sim is not None
-    deadline = time.monotonic() + 5
-    while stack.sim.state("hang")["sessions"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert stack.sim.state("hang")["sessions"] == 0
+    _no_session_left(stack, "hang")
 
 
 def test_a_slow_device_returns_its_whole_output_at_any_speed(app: LabqCelery) -> None:
