@@ -29,16 +29,23 @@ key                             type    holds                                  e
 ``labq:devices``                SET     devices with any lease or waiter       none: members leave with
                                                                                their last lease or wait
 ``labq:waitsince:{h}``          STRING  a retried waiter's first-wait time     lease timeout + 60 s
+``labq:parked:{h}``             HASH    a parked waiter's retry message, its   none: it leaves when
+                                        queue's list, first-wait time and      woken (a message is
+                                        candidates (with max_sessions)         never dropped)
+``labq:parked``                 ZSET    parked waiter -> wake-by time (ms)     none: members leave
+                                                                               when woken
+``labq:watch:{d}``              ZSET    parked waiter -> first-wait time (ms)  none: members leave
+                                                                               when woken
 ``labq:worker:{w}``             HASH    a worker's heartbeat (host, pid,       ``worker_ttl``
                                         queues, pool size, busy, times)
 ==============================  ======  =====================================  ==========================
 
 The lease scripts (:mod:`labq.devices.lease_scripts`) derive the keys of other
 devices and holders inside Redis, from :data:`PREFIX` and the suffixes below
-(``lease:``, ``wait:``, ``held:``, ``waiting:``, ``devices``), so leases need a
-single, non-cluster Redis. ``tests/integration/test_lease.py`` holds the two
-spellings together, and ``tests/unit/test_layout.py`` keeps every key literal
-of labq's in this module.
+(``lease:``, ``wait:``, ``held:``, ``waiting:``, ``devices``, ``parked``,
+``watch:``), so leases need a single, non-cluster Redis.
+``tests/integration/test_lease.py`` holds the two spellings together, and
+``tests/unit/test_layout.py`` keeps every key literal of labq's in this module.
 
 Celery and kombu own the other keys labq reads: results
 (:data:`RESULT_PREFIX`), queues and their bindings (:data:`BINDING_PREFIX`),
@@ -138,6 +145,20 @@ def held_key(holder: str) -> str:
 def waiting_key(holder: str) -> str:
     """The devices ``holder`` waits for, for ``release_all``."""
     return f"{PREFIX}waiting:{holder}"
+
+
+#: Parked waiters by the time they must be woken at the latest (ms).
+PARKED_KEY = PREFIX + "parked"
+
+
+def parked_key(holder: str) -> str:
+    """A parked waiter's retry message, its queue's list and what would serve it."""
+    return f"{PREFIX}parked:{holder}"
+
+
+def watch_key(device: str) -> str:
+    """The parked waiters that a change of ``device`` may serve, by first-wait time."""
+    return f"{PREFIX}watch:{device}"
 
 
 def wait_since_key(holder: str) -> str:

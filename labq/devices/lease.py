@@ -18,19 +18,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import redis
 
 from labq.devices import lease_scripts as scripts
 from labq.errors import BrokerUnavailable, DeviceBusy, LeaseError
-from labq.keys import DEVICES_KEY, PREFIX, RESERVED_SUFFIXES, held_key, lease_keys, waiting_key
+from labq.keys import (
+    DEVICES_KEY,
+    PARKED_KEY,
+    PREFIX,
+    RESERVED_SUFFIXES,
+    held_key,
+    lease_keys,
+    parked_key,
+    waiting_key,
+)
 from labq.redis_client import text, unavailable
 from labq.settings import mask_url
 
@@ -167,6 +172,8 @@ class Leases:
         self._state = client.register_script(scripts.STATE)
         self._acquire_set = client.register_script(scripts.ACQUIRE_SET)
         self._free = client.register_script(scripts.FREE)
+        self._park = client.register_script(scripts.PARK)
+        self._wake_due = client.register_script(scripts.WAKE_DUE)
 
     def _argv(self, *args: object) -> list[object]:
         return [PREFIX, int(self.waiter_ttl * 1000), *args]
@@ -267,6 +274,36 @@ class Leases:
             args += [device, max_sessions]
         return {text(d) for d in self._run(self._free, [DEVICES_KEY], *args)}
 
+    def park(self, holder: str, own: Sequence[Sequence[tuple[str, int]]],
+             other: Sequence[Sequence[Sequence[tuple[str, int]]]], *, since: float,
+             wake_in: float, queue_key: str, message: str, single: bool = False) -> bool:
+        """Keep ``message`` (``holder``'s retry, as its queue's list holds it)
+        in Redis until a session is open to ``holder`` on every slot of
+        ``own`` (its queue's candidates, with max_sessions), or every slot of
+        one of the ``other`` queues is free, or ``wake_in`` seconds pass; then
+        push it to the front of ``queue_key``. A set waiter (not ``single``)
+        is woken too when whether it should reserve its devices changes (see
+        ``ACQUIRE_SET``). False, parking nothing, when that is so already:
+        ask for the devices again.
+        """
+        _check("holder", holder)
+        maxes: dict[str, int] = {}
+        for slots in (own, *other):
+            for slot in slots:
+                for device, max_sessions in slot:
+                    _check("device", device)
+                    maxes[device] = max_sessions
+        names = [[[d for d, _ in slot] for slot in slots] for slots in (own, *other)]
+        reply = self._run(self._park, [DEVICES_KEY, parked_key(holder)], holder,
+                          int(since * 1000), _ms("wake_in", wake_in), queue_key, message,
+                          json.dumps(names[0]), json.dumps(names[1:]), json.dumps(maxes),
+                          0 if single else int((since + RESERVE_AFTER) * 1000))
+        return int(reply) == 1
+
+    def wake_due(self, limit: int = 200) -> int:
+        """Wake the parked waiters whose ``wake_in`` has passed; how many."""
+        return int(self._run(self._wake_due, [PARKED_KEY], limit))
+
     def queue_release_all(self, pipe: Any, holder: str) -> None:
         """Queue :meth:`release_all` as a bare ``EVALSHA`` on another client's
         ``pipe`` (same Redis); a ``NoScriptError`` reply means: call ``release_all``."""
@@ -333,92 +370,3 @@ class Leases:
                        for i in range(0, len(flat_w), 2)]
             out.append(DeviceLeases(text(name), holders, waiters))
         return out
-
-
-class Renewer:
-    """Renew ``grant`` every ttl/3 until the block exits.
-
-    Every Renewer of a process is served by one daemon thread
-    (:class:`_RenewalThread`), started on first use: a task does not pay
-    for starting and joining a thread of its own. The thread dies with its
-    process, so a killed holder stops renewing and its lease expires by TTL.
-    When a renewal finds the lease gone, ``lost`` is set and a warning
-    logged; renewals never raise.
-    """
-
-    def __init__(self, leases: Leases, grant: Grant, *, ttl: float | None = None) -> None:
-        self.leases = leases
-        self.grant = grant
-        self.ttl = leases.ttl if ttl is None else ttl
-        self.lost = False
-        self._active = False
-
-    def __enter__(self) -> Renewer:
-        self._active = True
-        _RenewalThread.get().add(self)
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._active = False  # a renewal still in flight now goes unreported
-        _RenewalThread.get().remove(self)
-
-    def renew(self) -> bool:
-        """Renew once; False once the lease is known lost (then stop renewing)."""
-        g = self.grant
-        try:
-            alive = self.leases.renew(g.device, g.holder, ttl=self.ttl)
-        except Exception as exc:  # transient: the lease may still be alive, retry
-            log.warning("lease on %s for %s: renewal failed: %s", g.device, g.holder, exc)
-            return True
-        if not alive and self._active:
-            self.lost = True
-            log.warning("lease on %s for %s was lost (expired or released)", g.device, g.holder)
-        return alive
-
-
-class _RenewalThread:
-    """The one thread of a process that renews its leases, each every ttl/3."""
-
-    _instance: tuple[int, _RenewalThread] | None = None
-    _lock = threading.Lock()
-
-    @classmethod
-    def get(cls) -> _RenewalThread:
-        with cls._lock:  # a forked child starts its own thread
-            if cls._instance is None or cls._instance[0] != os.getpid():
-                cls._instance = (os.getpid(), cls())
-            return cls._instance[1]
-
-    def __init__(self) -> None:
-        self._due: dict[Renewer, float] = {}
-        self._wake = threading.Condition()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="lease-renewer")
-        self._thread.start()
-
-    def add(self, renewer: Renewer) -> None:
-        with self._wake:
-            at = time.monotonic() + renewer.ttl / 3
-            # The thread sleeps until the earliest renewal: wake it only when
-            # this one comes sooner (every task of a process would otherwise).
-            if not self._due or at < min(self._due.values()):
-                self._wake.notify()
-            self._due[renewer] = at
-
-    def remove(self, renewer: Renewer) -> None:
-        with self._wake:
-            self._due.pop(renewer, None)
-
-    def _loop(self) -> None:
-        while True:
-            with self._wake:
-                now = time.monotonic()
-                due = [r for r, at in self._due.items() if at <= now]
-                if not due:
-                    self._wake.wait(min(self._due.values(), default=now + 60) - now)
-                    continue
-                for r in due:
-                    self._due[r] = now + r.ttl / 3
-            for r in due:  # outside the lock: a slow Redis must not block add/remove
-                if not r.renew():
-                    self.remove(r)

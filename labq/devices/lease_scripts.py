@@ -17,10 +17,13 @@ local function keep(key, ms)  -- make key live at least ms more
   local left = redis.call('PTTL', key)
   if left == -1 or (left >= 0 and left < ms) then redis.call('PEXPIRE', key, ms) end
 end
+-- devices whose sessions or lines shrank in this script: tidy wakes a waiter
+local changed = {}
 local function drop_holder(d, h)  -- 1 if h held d and its lease had not expired
   local lease, info = keys(d)
   local s = redis.call('ZSCORE', lease, h)
-  redis.call('ZREM', lease, h); redis.call('HDEL', info, h)
+  if redis.call('ZREM', lease, h) == 1 then changed[d] = true end
+  redis.call('HDEL', info, h)
   redis.call('SREM', P..'held:'..h, d)
   if s and tonumber(s) > now then return 1 end
   return 0
@@ -29,6 +32,7 @@ local function unwait(d, h)
   local _, _, wait, seen = keys(d)
   local n = redis.call('ZREM', wait, h); redis.call('HDEL', seen, h)
   redis.call('SREM', P..'waiting:'..h, d)
+  if n == 1 then changed[d] = true end
   return n
 end
 local function purge(d)
@@ -40,7 +44,131 @@ local function purge(d)
     if not seen_at[w] or seen_at[w] + WTTL <= now then unwait(d, w) end
   end
 end
-local function tidy(d)  -- expiries follow the content; empty keys go
+-- A session of d is open to a waiter first waiting at since (ms): fewer
+-- waiters ahead of it than free sessions. Young set waiters are in no line.
+local function open_to(d, since, max)
+  local lease, _, wait = keys(d)
+  return redis.call('ZCOUNT', wait, '-inf', '(' .. since) < max - redis.call('ZCARD', lease)
+end
+local function free_now(d, max)  -- a newcomer would get a session of d now
+  local lease, _, wait = keys(d)
+  return redis.call('ZCARD', lease) < max and redis.call('ZCARD', wait) == 0
+end
+-- One distinct device per slot (lists of names) among those ok(d) allows,
+-- by augmenting paths: owner[d] = its slot, or nil if some slot stays empty.
+local function match(slots, ok)
+  local owner = {}
+  local function place(s, tried)
+    for _, d in ipairs(slots[s]) do
+      if not tried[d] and ok(d) then
+        tried[d] = true
+        if not owner[d] or place(owner[d], tried) then owner[d] = s; return true end
+      end
+    end
+    return false
+  end
+  for s = 1, #slots do if not place(s, {}) then return nil end end
+  return owner
+end
+local function match_any(slots, ok)  -- every slot has some device ok(d) allows
+  for _, slot in ipairs(slots) do
+    local any = false
+    for _, d in ipairs(slot) do if ok(d) then any = true; break end end
+    if not any then return false end
+  end
+  return true
+end
+-- Parked waiters (see PARK): the retry message, and what would serve it.
+local function parked(h) return P..'parked:'..h end
+local function lined(h, d) return redis.call('ZSCORE', P..'wait:'..d, h) ~= false end
+-- Whether a parked waiter must run again: 1 if its own queue's slots can all
+-- be filled, or another queue's are free; 2 if, for an old set waiter,
+-- whether it should reserve (near) differs from whether it does (in its lines).
+local function ready(h)
+  local v = redis.call('HMGET', parked(h), 'since', 'own', 'max', 'other', 'old_at')
+  if not v[2] then return false end
+  local since, own, maxes = tonumber(v[1]), cjson.decode(v[2]), cjson.decode(v[3])
+  if match(own, function(d) return open_to(d, since, maxes[d]) end) then return 1 end
+  for _, q in ipairs(cjson.decode(v[4])) do
+    if match(q, function(d) return free_now(d, maxes[d]) end) then return 1 end
+  end
+  if v[5] and now >= tonumber(v[5]) then
+    local near = match_any(own, function(d)
+      local _, _, wait = keys(d)
+      return redis.call('ZCOUNT', wait, '-inf', '(' .. since) < maxes[d]
+    end)
+    if near ~= lined(h, own[1][1]) then return 2 end
+  end
+  return false
+end
+local function wake(h)  -- its message to the front of its queue, once
+  local k = parked(h)
+  local v = redis.call('HMGET', k, 'msg', 'key', 'max')
+  if v[1] then redis.call('RPUSH', v[2], v[1]) end
+  if v[3] then
+    for d in pairs(cjson.decode(v[3])) do redis.call('ZREM', P..'watch:'..d, h) end
+  end
+  redis.call('DEL', k); redis.call('ZREM', P..'parked', h)
+end
+local tidy
+-- Join (on) or leave every line of h's own candidates, as ACQUIRE_SET does
+-- for a waiter that comes back: a parked set waiter starts or stops
+-- reserving without running again. A budget keeps cascades short.
+local flips = 16
+local function reserve(h, on)
+  flips = flips - 1
+  local v = redis.call('HMGET', parked(h), 'since', 'own')
+  local since, touched = tonumber(v[1]), {}
+  for _, slot in ipairs(cjson.decode(v[2])) do
+    for _, d in ipairs(slot) do
+      local _, _, wait, seen = keys(d)
+      if on then
+        if not redis.call('ZSCORE', wait, h) then redis.call('ZADD', wait, since, h) end
+        redis.call('HSET', seen, h, now)
+        redis.call('SADD', P..'waiting:'..h, d)
+      else
+        unwait(d, h)
+      end
+      touched[#touched + 1] = d
+    end
+  end
+  if on then keep(P..'waiting:'..h, WTTL) end
+  for _, d in ipairs(touched) do tidy(d) end
+end
+-- After a change of d: wake the earliest parked waiter it serves, and start
+-- or stop the reservations it changes; first the head of d's line, then the
+-- waiters outside it, cheap checks of d first and at most 8 full ones.
+local function wake_next(d)
+  local lease, _, wait = keys(d)
+  for _, w in ipairs(redis.call('ZRANGE', wait, 0, 3)) do
+    local r = redis.call('EXISTS', parked(w)) == 1 and ready(w)
+    if r == 1 then wake(w); return end
+    if r == 2 and flips > 0 then reserve(w, false) end
+  end
+  local watch = P..'watch:'..d
+  local ws, full = redis.call('ZRANGE', watch, 0, -1, 'WITHSCORES'), 0
+  for i = 1, #ws, 2 do
+    local w, since = ws[i], tonumber(ws[i + 1])
+    local m = redis.call('HMGET', parked(w), '@'..d, '~'..d, 'old_at')
+    if not m[1] and not m[2] then
+      redis.call('ZREM', watch, w)
+    elseif not lined(w, d) then
+      local opens = (m[1] and open_to(d, since, tonumber(m[1])))
+                    or (m[2] and free_now(d, tonumber(m[2])))
+      local near = m[1] and m[3] and now >= tonumber(m[3])
+                   and redis.call('ZCOUNT', wait, '-inf', '(' .. since) < tonumber(m[1])
+      if opens or near then
+        full = full + 1
+        local r = ready(w)
+        if r == 1 then wake(w); return end
+        if r == 2 and flips > 0 then reserve(w, true) end
+        if full >= 8 then return end
+      end
+    end
+  end
+end
+function tidy(d)  -- expiries follow the content; empty keys go
+  if changed[d] then changed[d] = nil; wake_next(d) end
   local lease, info, wait, seen = keys(d)
   local used = false
   local top = redis.call('ZRANGE', lease, -1, -1, 'WITHSCORES')
@@ -93,12 +221,15 @@ return {0, rank + 1, redis.call('ZSCORE', wait, h), now, redis.call('ZRANGE', le
 
 # ARGV: prefix, wttl, holder, ttl, task, worker, since, reserve_ms, nslots, then
 # for each slot: n, and n pairs of (device, max_sessions). One distinct device
-# per slot, all granted together or none. A set waiter younger than
-# reserve_ms holds nobody up: it takes a device only where no waiter that
-# does is ahead of it. Once older, it joins every candidate's line with its
-# first-wait time, and no later task takes those devices from it. Single
-# waiters are always in line. One first-wait time orders all of a waiter's
-# lines, so no two waiters can each be ahead where the other needs to be.
+# per slot, all granted together or none. A set waiter holds nobody up while
+# it is younger than reserve_ms, or while an older waiter is ahead of it on
+# every candidate of a slot (it could not be served anyway): it takes a
+# device only where no waiter that does hold others up is ahead of it. Once
+# old and near (each slot has a candidate it is first in line for), it joins
+# every candidate's line with its first-wait time, and no later task takes
+# those devices from it. Single waiters are always in line. One first-wait
+# time orders all of a waiter's lines, so no two waiters can each be ahead
+# where the other needs to be, and the oldest waiter always reserves.
 ACQUIRE_SET = LUA_LIB + """
 local h, ttl, since = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[7])
 local reserve, nslots = tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -121,30 +252,13 @@ local old = now - since >= reserve
 local free, close = {}, {}
 for _, d in ipairs(order) do
   purge(d)
-  local lease, _, wait, seen = keys(d)
-  if old then
-    if not redis.call('ZSCORE', wait, h) then redis.call('ZADD', wait, since, h) end
-    redis.call('HSET', seen, h, now)
-  end
+  local lease, _, wait = keys(d)
   local ahead = redis.call('ZCOUNT', wait, '-inf', '(' .. since)
   free[d] = ahead < maxof[d] - redis.call('ZCARD', lease)
   close[d] = ahead < maxof[d]
 end
-local owner = {}
-local function place(s, seen)
-  for _, d in ipairs(slots[s]) do
-    if free[d] and not seen[d] then
-      seen[d] = true
-      if not owner[d] or place(owner[d], seen) then owner[d] = s; return true end
-    end
-  end
-  return false
-end
-local all = true
-for s = 1, nslots do
-  if not place(s, {}) then all = false; break end
-end
-if all then
+local owner = match(slots, function(d) return free[d] end)
+if owner then
   local chosen = {}
   for d, s in pairs(owner) do chosen[s] = d end
   local meta = cjson.encode({task = ARGV[5], worker = ARGV[6], since = now / 1000,
@@ -161,22 +275,24 @@ if all then
   for _, d in ipairs(order) do tidy(d) end
   return {1, now + ttl, chosen}
 end
-local near, holders = 1, {}
-for s = 1, nslots do
-  local any = false
-  for _, d in ipairs(slots[s]) do any = any or close[d] end
-  if not any then near = 0 end
-end
+local near = match_any(slots, function(d) return close[d] end)
+local holders = {}
 for _, d in ipairs(order) do
-  if old then redis.call('SADD', P..'waiting:'..h, d) end
+  local lease, _, wait, seen = keys(d)
+  if old and near then  -- first in line everywhere it needs: it reserves
+    if not redis.call('ZSCORE', wait, h) then redis.call('ZADD', wait, since, h) end
+    redis.call('HSET', seen, h, now)
+    redis.call('SADD', P..'waiting:'..h, d)
+  else  -- behind an older waiter somewhere: it holds nobody up meanwhile
+    unwait(d, h)
+  end
   if #holders < 8 then
-    local lease = keys(d)
     for _, x in ipairs(redis.call('ZRANGE', lease, 0, 1)) do holders[#holders + 1] = x end
   end
   tidy(d)
 end
-if old then keep(P..'waiting:'..h, WTTL) end
-return {0, near, since, now, holders}
+if old and near then keep(P..'waiting:'..h, WTTL) end
+return {0, near and 1 or 0, since, now, holders}
 """
 
 # ARGV: prefix, wttl, n, then n pairs of (device, max_sessions): the devices a
@@ -247,4 +363,48 @@ for _, d in ipairs(ds) do
   if #hs > 0 or #ws > 0 then out[#out + 1] = {d, hs, infos, ws} end
 end
 return out
+"""
+
+# ARGV: prefix, wttl, holder, since_ms, wake_in_ms, queue key, message, own
+# (JSON: the slots on the waiter's queue, lists of names), other (JSON: the
+# other queues' slots), max (JSON: device -> max_sessions), old_at_ms (a set
+# waiter's first-wait time plus reserve_ms; 0 for a single). Parks the retry
+# message of a waiter that gave its slot back: on every one of its devices
+# it watches, by its first-wait time; any script whose change of such a
+# device serves it (ready) pushes the message to the front of its queue.
+# Returns 0, parking nothing, if it is ready now: ask again instead.
+PARK = LUA_LIB + """
+local h, since, due, key, msg = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local own, maxes = cjson.decode(ARGV[8]), cjson.decode(ARGV[10])
+local names = {}
+for d in pairs(maxes) do names[#names + 1] = d end
+table.sort(names)
+for _, d in ipairs(names) do purge(d) end
+local k = parked(h)
+redis.call('DEL', k)
+redis.call('HSET', k, 'since', since, 'own', ARGV[8], 'other', ARGV[9], 'max', ARGV[10])
+if tonumber(ARGV[11]) > 0 then redis.call('HSET', k, 'old_at', ARGV[11]) end
+if ready(h) then
+  redis.call('DEL', k)
+  for _, d in ipairs(names) do tidy(d) end
+  return 0
+end
+local mine = {}
+for _, slot in ipairs(own) do for _, d in ipairs(slot) do mine[d] = true end end
+redis.call('HSET', k, 'msg', msg, 'key', key)
+for _, d in ipairs(names) do
+  redis.call('HSET', k, (mine[d] and '@' or '~') .. d, maxes[d])
+  redis.call('ZADD', P..'watch:'..d, since, h)
+end
+redis.call('ZADD', P..'parked', now + due, h)
+for _, d in ipairs(names) do tidy(d) end
+return 1
+"""
+
+# ARGV: prefix, wttl, limit. Wakes the parked waiters whose wake-by time has
+# passed (a lease that expired unseen, a watcher too far back); how many.
+WAKE_DUE = LUA_LIB + """
+local due = redis.call('ZRANGEBYSCORE', P..'parked', '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+for _, h in ipairs(due) do wake(h) end
+return #due
 """

@@ -5,8 +5,10 @@ The task is called with ``device="r1"``. On the worker it then:
 1. resolves the device from the worker's own testbed (credentials never
    travel in the message);
 2. runs on the device's queue (the router in :mod:`labq.devices.routing` chose it);
-3. takes the device lease, or gives its prefork slot back and retries later
-   while keeping its place in the device's FIFO wait list;
+3. takes the device lease, or gives its prefork slot back while keeping its
+   place in the device's FIFO wait list: its retry is parked in Redis and
+   pushed to the front of the queue when the device frees
+   (:mod:`labq.worker.parking`);
 4. connects with the device's driver;
 5. calls the function with the session;
 6. disconnects and releases, also on an error or a soft timeout.
@@ -40,7 +42,8 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from labq.devices.drivers import open_session
-from labq.devices.lease import Grant, Leases, Renewer, Wait
+from labq.devices.lease import Grant, Leases, Wait
+from labq.devices.renewal import Renewer
 from labq.devices.selection import role_arguments
 from labq.devices.testbed import Device, Testbed
 from labq.devices.testbed_yaml import load_testbed
@@ -50,20 +53,15 @@ from labq.redis_client import connect
 from labq.worker import device_sets
 from labq.worker.backend import LabqRedisBackend, Rider
 from labq.worker.killing import KillingRequest
+from labq.worker.parking import park, wake_in
 from labq.worker.task_base import LabqTask
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: How long a waiter far from its turn may keep its slot before it gives
-#: the slot back and retries.
-IN_SLOT_WAIT = 0.2
-#: Shortest and longest countdown of the retry that gives the slot back;
-#: the longest stays well under the lease module's waiter TTL.
-RETRY_AFTER = 0.3
-MAX_RETRY_AFTER = 5.0
-#: Seconds between lease polls of a waiter in its slot.
+#: Seconds between lease polls of a direct call, which has no slot to give
+#: back, and of a waiter whose park found a session open but not yet its own.
 POLL = 0.05
 
 
@@ -239,8 +237,7 @@ def device_task(
                 return _run_on_device(self, func, chosen["device"], kwargs)
             return device_sets.run_on_devices(
                 self, worker_context(self.app), func, chosen, kwargs, release=
-                lambda leases, holder: _release_all(self, leases, holder), poll=POLL,
-                in_slot_wait=IN_SLOT_WAIT, retry_after=(RETRY_AFTER, MAX_RETRY_AFTER))
+                lambda leases, holder: _release_all(self, leases, holder), poll=POLL)
 
         run.__name__ = func.__name__
         run.__doc__ = func.__doc__
@@ -331,12 +328,11 @@ def _release_all(task: DeviceTask, leases: Leases, holder: str) -> None:
 
 def _take_lease(task: DeviceTask, leases: Leases, device: str, max_sessions: int,
                 holder: str) -> Grant:
-    """The device's lease, or a retry that frees the slot while keeping the place in line.
+    """The device's lease, or a parked retry that frees the slot and keeps the place in line.
 
-    Waiters near the head of the line (within ``max_sessions`` of a turn)
-    wait in their slot, polling, so a freed device is taken within
-    ``POLL`` seconds; the rest give their slot back at once. A direct call
-    has no slot to give back: it waits in place.
+    A waiter parks at once (:func:`labq.worker.parking.park`): its retry is
+    pushed to the front of its queue when a session opens to it. A direct
+    call has no slot to give back: it waits in place, polling.
     """
     since_key = wait_since_key(holder)
     # Only a retry or a redelivery can have waited before: a first try skips the read.
@@ -344,9 +340,9 @@ def _take_lease(task: DeviceTask, leases: Leases, device: str, max_sessions: int
     again = request.retries or (request.delivery_info or {}).get("redelivered")
     raw = leases.client.get(since_key) if again else None
     since = float(raw) if raw else None
-    slot_deadline = time.monotonic() + IN_SLOT_WAIT
     at_start = getattr(request, "labq_lease_at_start", None)
     answer = at_start.answer if at_start is not None else None
+    refused = False
     while True:
         if answer is None:
             answer = leases.acquire(device, holder, max_sessions, since=since,
@@ -364,11 +360,10 @@ def _take_lease(task: DeviceTask, leases: Leases, device: str, max_sessions: int
             # late still rejoins the line at its first place.
             since = answer.waiting_since
             leases.client.set(since_key, repr(since), ex=int(task.lease_timeout) + 60)
-        near_head = answer.position <= max_sessions
-        if not near_head and time.monotonic() > slot_deadline and not request.called_directly:
-            # Far back in line: come back about when the turn may be near,
-            # instead of churning the broker and the CPU with early retries.
-            behind = answer.position - max_sessions
-            raise task.retry(countdown=min(MAX_RETRY_AFTER, max(RETRY_AFTER, 0.2 * behind)))
-        time.sleep(POLL)
+        if refused or request.called_directly:
+            time.sleep(POLL)
+        if not request.called_directly:
+            park(task, leases, [[(device, max_sessions)]], answer.waiting_since,
+                 wake_in(task.lease_timeout, answer.waited), single=True)
+            refused = True  # a session opened meanwhile: ask again
         answer = None

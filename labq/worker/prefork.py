@@ -6,8 +6,9 @@ pool but prefork (only prefork can interrupt and kill a task), imports what
 tasks use and freezes the heap before the pool forks, makes each child lead
 its own process group (:mod:`labq.worker.killing`), uses the hub that skips
 needless system calls (:mod:`labq.worker.hub`) and the broker transport that
-reuses its clients, and writes the worker's heartbeat
-(:mod:`labq.worker.liveness`) once its consumer is ready.
+reuses its clients, and, once its consumer is ready, writes the worker's
+heartbeat (:mod:`labq.worker.liveness`) and wakes the parked waiters that
+are due (:class:`labq.worker.parking.Waker`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from typing import Any
 
 from celery.apps.worker import Worker as CeleryWorker
 
+from labq.devices.lease import Leases
 from labq.errors import ConfigError
-from labq.redis_client import TRANSPORT
+from labq.redis_client import TRANSPORT, connect
 from labq.settings import Settings
 from labq.worker.hub import LabqHub
 from labq.worker.killing import KillingRequest, install, pool_children, sweep_after_shutdown
 from labq.worker.liveness import Heartbeat
+from labq.worker.parking import Waker
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,9 @@ class PreforkOnlyWorker(CeleryWorker):  # type: ignore[misc]
             heartbeat = getattr(self, "_labq_heartbeat", None)
             if heartbeat is not None:
                 heartbeat.stop(remove=True)
+            waker = getattr(self, "_labq_waker", None)
+            if waker is not None:
+                waker.stop()
 
     def on_consumer_ready(self, consumer: Any) -> None:
         super().on_consumer_ready(consumer)
@@ -83,6 +89,8 @@ class PreforkOnlyWorker(CeleryWorker):  # type: ignore[misc]
                 settings.broker_url, self.hostname, settings.worker_ttl,
                 info=self._labq_beat_info, fence=_fence_running_tasks,
                 settings=settings).start()
+            self._labq_waker = Waker(Leases(connect(settings.broker_url, settings)),
+                                     self.hostname).start()
 
     def _labq_beat_info(self) -> dict[str, Any]:
         from celery.worker import state

@@ -13,7 +13,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from labq.devices.lease import Grant, Leases, Renewer, Wait
+from labq.devices.lease import Grant, Leases, Wait
+from labq.devices.renewal import Renewer
 from labq.embedded.ports import free_port
 from labq.embedded.redis_server import RedisServer
 from labq.errors import BrokerUnavailable, DeviceBusy, LeaseError
@@ -215,7 +216,7 @@ def test_renewer_records_a_lost_lease(redis_client: redis.Redis,
                                       caplog: pytest.LogCaptureFixture) -> None:
     leases = Leases(redis_client, ttl=0.3)
     g = grant(leases.acquire("r1", "a", 1))
-    with caplog.at_level(logging.WARNING, logger="labq.devices.lease"), Renewer(leases, g) as renewer:
+    with caplog.at_level(logging.WARNING, logger="labq.devices.renewal"), Renewer(leases, g) as renewer:
         leases.release("r1", "a")
         time.sleep(0.3)
     assert renewer.lost

@@ -55,6 +55,7 @@ class SessionLog:
         self.peak = 0  # most open at once since the last reset
         self.opened = 0  # opened since the last reset
         self._next_id = 0
+        self._next_link = 0
 
     def open(self, user: str) -> int:
         """A CLI session started; returns its id (unique per device)."""
@@ -64,6 +65,15 @@ class SessionLog:
         self.peak = max(self.peak, self.sessions)
         self.record("open", self._next_id, user=user)
         return self._next_id
+
+    def link_up(self) -> int:
+        """A client connected (before its login): the device is busy from here."""
+        self._next_link += 1
+        self.record("link_up", link=self._next_link)
+        return self._next_link
+
+    def link_down(self, link: int) -> None:
+        self.record("link_down", link=link)
 
     def close(self, session: int, reason: str = "closed") -> None:
         self.sessions -= 1

@@ -66,14 +66,19 @@ class _SshServer(asyncssh.SSHServer):
         self._dev = dev
         self._conn: asyncssh.SSHServerConnection | None = None
         self._user = ""
+        self._link = 0
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         self._dev.connections.add(conn)
+        self._link = self._dev.log.link_up()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
             self._dev.connections.discard(self._conn)
+        if self._link:
+            self._dev.log.link_down(self._link)
+            self._link = 0
 
     def begin_auth(self, username: str) -> bool:
         self._user = username
