@@ -19,6 +19,7 @@ from celery.states import READY_STATES
 
 from labq.client.run_info import RunInfo
 from labq.client.run_state import RunState
+from labq.devices.lease import Leases
 from labq.errors import BrokerUnavailable
 from labq.keys import RESULT_PREFIX, RUN_KWARG, RUN_TTL, cancel_key, starts_key
 from labq.outcome import Status
@@ -44,6 +45,8 @@ def cancel_run(state: RunState, client: redis.Redis, control: Any,
         return
     waiting = set(pending)
     purge(client, state.queues, lambda m: _task_id(m) in waiting)
+    # Waiters parked for their devices run nowhere: drop them, and they end now.
+    state.end(_unpark(client, pending), Status.CANCELLED, finished_at=datetime.now(timezone.utc))
     control.revoke(pending)  # workers drop these if a message still arrives
     running = [t for t in pending if state.outcome(t).status is Status.RUNNING]
     if running:
@@ -81,6 +84,14 @@ def purge(client: redis.Redis, queues: frozenset[str],
     return taken
 
 
+def _unpark(client: redis.Redis, task_ids: list[str]) -> list[str]:
+    """Drop the parked retries of ``task_ids``; those that were parked."""
+    try:
+        return Leases(client).unpark(task_ids)
+    except BrokerUnavailable:
+        return []  # the durable flag still stops them when they wake
+
+
 def _task_id(envelope: dict[str, Any]) -> str | None:
     headers = envelope.get("headers")
     return headers.get("id") if isinstance(headers, dict) else None
@@ -100,7 +111,7 @@ class RemoteCancel:
     """What :func:`cancel_by_id` did to a run."""
 
     run_id: str
-    #: Messages taken off the queues before any worker started them.
+    #: Messages taken off the queues, and waiters' parked retries, before they ran.
     dropped: int
     #: Started tasks that got the soft interrupt.
     interrupted: int
@@ -123,6 +134,9 @@ def cancel_by_id(client: redis.Redis, control: Any, run: RunInfo, grace: float) 
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"cannot record the cancel of {run.id!r}: {exc}") from exc
     dropped = purge(client, frozenset(run.queues), lambda m: _run_of(m) == run.id)
+    unparked = set(_unpark(client, started))
+    dropped += len(unparked)
+    started = [t for t in started if t not in unparked]
 
     def unfinished(ids: list[str]) -> list[str]:
         if not ids:

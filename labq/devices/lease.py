@@ -174,6 +174,7 @@ class Leases:
         self._free = client.register_script(scripts.FREE)
         self._park = client.register_script(scripts.PARK)
         self._wake_due = client.register_script(scripts.WAKE_DUE)
+        self._unpark = client.register_script(scripts.UNPARK)
 
     def _argv(self, *args: object) -> list[object]:
         return [PREFIX, int(self.waiter_ttl * 1000), *args]
@@ -303,6 +304,13 @@ class Leases:
     def wake_due(self, limit: int = 200) -> int:
         """Wake the parked waiters whose ``wake_in`` has passed; how many."""
         return int(self._run(self._wake_due, [PARKED_KEY], limit))
+
+    def unpark(self, holders: Sequence[str]) -> list[str]:
+        """Drop the parked retries of ``holders`` (a cancel); they leave their
+        lines. The holders that were parked."""
+        if not holders:
+            return []
+        return [text(h) for h in self._run(self._unpark, [PARKED_KEY], *holders)]
 
     def queue_release_all(self, pipe: Any, holder: str) -> None:
         """Queue :meth:`release_all` as a bare ``EVALSHA`` on another client's

@@ -44,11 +44,15 @@ local function purge(d)
     if not seen_at[w] or seen_at[w] + WTTL <= now then unwait(d, w) end
   end
 end
--- A session of d is open to a waiter first waiting at since (ms): fewer
+-- A session of d is open to waiter h, first waiting at since (ms): fewer
 -- waiters ahead of it than free sessions. Young set waiters are in no line.
-local function open_to(d, since, max)
-  local lease, _, wait = keys(d)
-  return redis.call('ZCOUNT', wait, '-inf', '(' .. since) < max - redis.call('ZCARD', lease)
+local function ahead_of(d, h, since)  -- waiters before h: its rank if in line, as ACQUIRE
+  local _, _, wait = keys(d)
+  return redis.call('ZRANK', wait, h) or redis.call('ZCOUNT', wait, '-inf', '(' .. since)
+end
+local function open_to(d, h, since, max)
+  local lease = keys(d)
+  return ahead_of(d, h, since) < max - redis.call('ZCARD', lease)
 end
 local function free_now(d, max)  -- a newcomer would get a session of d now
   local lease, _, wait = keys(d)
@@ -88,15 +92,12 @@ local function ready(h)
   local v = redis.call('HMGET', parked(h), 'since', 'own', 'max', 'other', 'old_at')
   if not v[2] then return false end
   local since, own, maxes = tonumber(v[1]), cjson.decode(v[2]), cjson.decode(v[3])
-  if match(own, function(d) return open_to(d, since, maxes[d]) end) then return 1 end
+  if match(own, function(d) return open_to(d, h, since, maxes[d]) end) then return 1 end
   for _, q in ipairs(cjson.decode(v[4])) do
     if match(q, function(d) return free_now(d, maxes[d]) end) then return 1 end
   end
   if v[5] and now >= tonumber(v[5]) then
-    local near = match_any(own, function(d)
-      local _, _, wait = keys(d)
-      return redis.call('ZCOUNT', wait, '-inf', '(' .. since) < maxes[d]
-    end)
+    local near = match_any(own, function(d) return ahead_of(d, h, since) < maxes[d] end)
     if near ~= lined(h, own[1][1]) then return 2 end
   end
   return false
@@ -153,10 +154,10 @@ local function wake_next(d)
     if not m[1] and not m[2] then
       redis.call('ZREM', watch, w)
     elseif not lined(w, d) then
-      local opens = (m[1] and open_to(d, since, tonumber(m[1])))
+      local opens = (m[1] and open_to(d, w, since, tonumber(m[1])))
                     or (m[2] and free_now(d, tonumber(m[2])))
       local near = m[1] and m[3] and now >= tonumber(m[3])
-                   and redis.call('ZCOUNT', wait, '-inf', '(' .. since) < tonumber(m[1])
+                   and ahead_of(d, w, since) < tonumber(m[1])
       if opens or near then
         full = full + 1
         local r = ready(w)
@@ -252,8 +253,8 @@ local old = now - since >= reserve
 local free, close = {}, {}
 for _, d in ipairs(order) do
   purge(d)
-  local lease, _, wait = keys(d)
-  local ahead = redis.call('ZCOUNT', wait, '-inf', '(' .. since)
+  local lease = keys(d)
+  local ahead = ahead_of(d, h, since)
   free[d] = ahead < maxof[d] - redis.call('ZCARD', lease)
   close[d] = ahead < maxof[d]
 end
@@ -407,4 +408,24 @@ WAKE_DUE = LUA_LIB + """
 local due = redis.call('ZRANGEBYSCORE', P..'parked', '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 for _, h in ipairs(due) do wake(h) end
 return #due
+"""
+
+# ARGV: prefix, wttl, then holders. Drops the parked retries of those holders
+# (their run is cancelled): each leaves its lines, and what that frees is
+# woken. Returns the holders whose retry was dropped.
+UNPARK = LUA_LIB + """
+local out = {}
+for i = 3, #ARGV do
+  local h = ARGV[i]
+  local k = parked(h)
+  local maxes = redis.call('HGET', k, 'max')
+  if maxes then
+    for d in pairs(cjson.decode(maxes)) do redis.call('ZREM', P..'watch:'..d, h) end
+    redis.call('DEL', k, P..'waitsince:'..h); redis.call('ZREM', P..'parked', h)
+    for _, d in ipairs(redis.call('SMEMBERS', P..'waiting:'..h)) do unwait(d, h); tidy(d) end
+    redis.call('DEL', P..'waiting:'..h)
+    out[#out + 1] = h
+  end
+end
+return out
 """
