@@ -8,9 +8,12 @@ On one real Redis holding a lab of N devices with W waiters in line:
   topology (three slots of one), interleaved trial by trial so that the
   sides see the same machine; and the Pick's cost in a lab ten times
   smaller, which stays the same if the scripts are O(matches), not O(lab);
-- **wait to start**: a waiter polling every ``POLL`` seconds, as a worker's
-  does, on devices a blocker holds; the blocker releases, and the time to
-  the waiter's grant is measured, for each side, interleaved.
+- **wait to start**: a waiter parked as a worker's is (``Leases.park``) on
+  devices a blocker holds; the blocker releases, the script that frees a
+  device pushes the waiter's message onto its list, the waiter pops it (as
+  a worker's BRPOP does) and asks again; the time from the release to its
+  grant is measured, for each side, interleaved. Celery's own delivery of
+  the message to a prefork child comes on top.
 
 Run from the repository root: ``.venv/bin/python -m bench.allocation [--quick]``.
 """
@@ -86,9 +89,28 @@ def cost_trials(leases: Leases, devices: int, trials: int, rnd: random.Random,
     return out
 
 
+def parked_waiter(leases: Leases, name: str, call: Callable[[Leases, str], Any],
+                  slots: list[list[tuple[str, int]]], holder: str, at: list[float],
+                  granted: threading.Event) -> None:
+    """A worker's waiter: ask, park its retry, and ask again once woken (its
+    message popped off its own queue, as a worker's BRPOP would)."""
+    queue = f"bench-queue-{holder}"
+    while True:
+        got = call(leases, holder)
+        if isinstance(got, (Grant, SetGrant)):
+            at.append(time.perf_counter())
+            granted.set()
+            return
+        if leases.park(holder, slots, [], since=got.waiting_since, wake_in=10.0,
+                       queue_key=queue, message=holder, single=name == "named"):
+            assert leases.client.brpop([queue], timeout=10), f"{holder} was never woken"
+        else:
+            time.sleep(POLL)  # a session opened meanwhile
+
+
 def wait_to_start(leases: Leases, devices: int, trials: int,
                   rnd: random.Random) -> dict[str, list[float]]:
-    """Milliseconds from the blocker's release to the polling waiter's grant."""
+    """Milliseconds from the blocker's release to the parked waiter's grant."""
     out: dict[str, list[float]] = {k: [] for k in sides(0)}
     for t in range(trials):
         base = trial_base(devices, rnd)
@@ -97,20 +119,10 @@ def wait_to_start(leases: Leases, devices: int, trials: int,
         for name, call in order:
             holder, granted = f"w-{name}-{t}", threading.Event()
             at: list[float] = []
-
-            def poll(call: Callable[[Leases, str], Any] = call, holder: str = holder,
-                     granted: threading.Event = granted, at: list[float] = at) -> None:
-                while True:
-                    got = call(leases, holder)
-                    if isinstance(got, (Grant, SetGrant)):
-                        at.append(time.perf_counter())
-                        granted.set()
-                        return
-                    time.sleep(POLL)
-
-            thread = threading.Thread(target=poll)
+            thread = threading.Thread(target=parked_waiter, args=(
+                leases, name, call, slots_of(name, base), holder, at, granted))
             thread.start()
-            time.sleep(rnd.uniform(0.1, 0.2))  # in line, polling, for a while
+            time.sleep(rnd.uniform(0.1, 0.2))  # parked for a while
             released = time.perf_counter()
             for i in range(POOL):
                 leases.release(f"d{base + i}", f"fill-{base + i}")
@@ -121,6 +133,15 @@ def wait_to_start(leases: Leases, devices: int, trials: int,
             for i in range(POOL):
                 leases.acquire(f"d{base + i}", f"fill-{base + i}", 1, ttl=600)
     return out
+
+
+def slots_of(name: str, base: int) -> list[list[tuple[str, int]]]:
+    """The candidates each side's request names, as ``Leases.park`` takes them."""
+    if name == "named":
+        return [[(f"d{base}", 1)]]
+    if name == "pick":
+        return [[(f"d{base + i}", 1) for i in range(POOL)]]
+    return [[(f"d{base + i}", 1)] for i in range(3)]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
