@@ -247,8 +247,8 @@ def allocation_block() -> str:
                      f"{_mmm(big['cost_busy_us'][side], 0)} | "
                      f"{_mmm(small['cost_free_us'][side], 0)} |")
     w = d["wait_to_start_ms"]
-    lines += ["", f"Wait to start, from the holder's release to the grant of a waiter that "
-                  f"polls every {p['poll']:g} s ({p['waits']} trials each): "
+    lines += ["", f"Wait to start, from the holder's release to the grant of a parked "
+                  f"waiter ({p['waits']} trials each): "
               + "; ".join(f"{side} {_mmm(w[side], 1)} ms" for side in ("named", "pick",
                                                                       "topology3")) + ".",
               "", f"**Pick / named = {_f(d['summary']['pick_over_named'])}, topology / named "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,11 +20,14 @@ from celery.states import READY_STATES
 
 from labq.client.run_info import RunInfo
 from labq.client.run_state import RunState
-from labq.devices.lease import Leases
 from labq.errors import BrokerUnavailable
 from labq.keys import RESULT_PREFIX, RUN_KWARG, RUN_TTL, cancel_key, starts_key
 from labq.outcome import Status
 from labq.redis_client import text
+from labq.worker.liveness import read_workers
+from labq.worker.parking import UNPARK_COMMAND
+
+log = logging.getLogger(__name__)
 
 
 def cancel_run(state: RunState, client: redis.Redis, control: Any,
@@ -46,7 +50,8 @@ def cancel_run(state: RunState, client: redis.Redis, control: Any,
     waiting = set(pending)
     purge(client, state.queues, lambda m: _task_id(m) in waiting)
     # Waiters parked for their devices run nowhere: drop them, and they end now.
-    state.end(_unpark(client, pending), Status.CANCELLED, finished_at=datetime.now(timezone.utc))
+    state.end(unpark(client, control, pending), Status.CANCELLED,
+              finished_at=datetime.now(timezone.utc))
     control.revoke(pending)  # workers drop these if a message still arrives
     running = [t for t in pending if state.outcome(t).status is Status.RUNNING]
     if running:
@@ -84,12 +89,25 @@ def purge(client: redis.Redis, queues: frozenset[str],
     return taken
 
 
-def _unpark(client: redis.Redis, task_ids: list[str]) -> list[str]:
-    """Drop the parked retries of ``task_ids``; those that were parked."""
+def unpark(client: redis.Redis, control: Any, task_ids: list[str]) -> list[str]:
+    """Have the workers drop the parked retries of ``task_ids`` (they own the
+    leases); the ids they dropped. Without an answer, the cancel flag still
+    stops those tasks when they wake."""
+    if not task_ids:
+        return []
     try:
-        return Leases(client).unpark(task_ids)
-    except BrokerUnavailable:
-        return []  # the durable flag still stops them when they wake
+        live = len(read_workers(client))
+        replies = control.broadcast(UNPARK_COMMAND, arguments={"task_ids": task_ids},
+                                    reply=True, timeout=1.0, limit=live or None) or []
+    except Exception as exc:
+        log.warning("could not ask the workers to drop parked retries: %s", exc)
+        return []
+    dropped: list[str] = []
+    for reply in replies:
+        for answer in reply.values():
+            if isinstance(answer, dict):
+                dropped += [str(t) for t in answer.get("unparked") or ()]
+    return dropped
 
 
 def _task_id(envelope: dict[str, Any]) -> str | None:
@@ -134,7 +152,7 @@ def cancel_by_id(client: redis.Redis, control: Any, run: RunInfo, grace: float) 
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"cannot record the cancel of {run.id!r}: {exc}") from exc
     dropped = purge(client, frozenset(run.queues), lambda m: _run_of(m) == run.id)
-    unparked = set(_unpark(client, started))
+    unparked = set(unpark(client, control, started))
     dropped += len(unparked)
     started = [t for t in started if t not in unparked]
 

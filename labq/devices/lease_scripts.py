@@ -137,11 +137,11 @@ local function reserve(h, on)
   for _, d in ipairs(touched) do tidy(d) end
 end
 -- After a change of d: wake the earliest parked waiter it serves, and start
--- or stop the reservations it changes; first the head of d's line, then the
--- waiters outside it, cheap checks of d first and at most 8 full ones.
+-- or stop the reservations it changes; first the front of d's line (8),
+-- then the waiters outside it, cheap checks of d first and at most 8 full ones.
 local function wake_next(d)
   local lease, _, wait = keys(d)
-  for _, w in ipairs(redis.call('ZRANGE', wait, 0, 3)) do
+  for _, w in ipairs(redis.call('ZRANGE', wait, 0, 7)) do
     local r = redis.call('EXISTS', parked(w)) == 1 and ready(w)
     if r == 1 then wake(w); return end
     if r == 2 and flips > 0 then reserve(w, false) end

@@ -14,6 +14,11 @@ A parked message is woken at the latest after ``wake_in`` seconds
 (:class:`Waker`, in each worker's main process): a lease that expires unseen
 frees nobody by itself. The message moves from the parked hash to the queue
 in one script, so it is delivered once; it never expires.
+
+A cancel drops its run's parked retries through the workers, which own the
+leases (a testscript's Redis user may not touch them): the remote control
+command :data:`UNPARK_COMMAND` answers with the ids it dropped, and those
+tasks end at once.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from celery.worker.control import control_command
 from kombu.messaging import Producer
 from kombu.transport import redis as kombu_redis
 
 from labq.devices.lease import Leases
+from labq.redis_client import connect
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,8 @@ log = logging.getLogger(__name__)
 MAX_PARK = 10.0
 #: Seconds between two sweeps of the parked waiters that are due.
 SWEEP_EVERY = 1.0
+#: The remote control command by which a cancel drops parked retries.
+UNPARK_COMMAND = "labq_unpark"
 
 Slots = Sequence[Sequence[tuple[str, int]]]
 
@@ -155,3 +164,17 @@ class Waker:
                 continue
             if woken:
                 log.debug("woke %d parked waiters at their wake-by time", woken)
+
+
+@control_command(name=UNPARK_COMMAND, args=[("task_ids", list)], signature="<task_id> ...")
+def _unpark_command(state: Any, task_ids: list[str]) -> dict[str, Any]:
+    """Drop the parked retries of ``task_ids`` (their run is cancelled)."""
+    settings = state.app.labq_settings
+    client = connect(settings.broker_url, settings)
+    try:
+        return {"unparked": Leases(client).unpark([str(t) for t in task_ids])}
+    except Exception as exc:  # the cancel's flag still stops them when they wake
+        log.warning("could not drop parked retries: %s", exc)
+        return {"unparked": [], "error": str(exc)}
+    finally:
+        client.close()
