@@ -154,6 +154,10 @@ def outcome_from_meta(base: Outcome, meta: dict[str, Any] | None,
     status = status_of(meta)
     if status is Status.QUEUED and start:
         status = Status.RUNNING
+    elif status is Status.RUNNING and not start:
+        # A labq task writes STARTED with its start record; one that parked
+        # for its devices has dropped the record before its RETRY is stored.
+        status = Status.QUEUED
     changes["status"] = status
     if status.final:
         changes["finished_at"] = parse_time(meta.get("date_done"))

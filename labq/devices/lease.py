@@ -277,15 +277,17 @@ class Leases:
 
     def park(self, holder: str, own: Sequence[Sequence[tuple[str, int]]],
              other: Sequence[Sequence[Sequence[tuple[str, int]]]], *, since: float,
-             wake_in: float, queue_key: str, message: str, single: bool = False) -> bool:
+             wake_in: float, queue_key: str, message: str, single: bool = False,
+             start_key: str = "") -> bool:
         """Keep ``message`` (``holder``'s retry, as its queue's list holds it)
         in Redis until a session is open to ``holder`` on every slot of
         ``own`` (its queue's candidates, with max_sessions), or every slot of
         one of the ``other`` queues is free, or ``wake_in`` seconds pass; then
         push it to the front of ``queue_key``. A set waiter (not ``single``)
         is woken too when whether it should reserve its devices changes (see
-        ``ACQUIRE_SET``). False, parking nothing, when that is so already:
-        ask for the devices again.
+        ``ACQUIRE_SET``). ``start_key`` is the run's hash of start records:
+        a parked waiter's entry goes, as it runs nowhere. False, parking
+        nothing, when that is so already: ask for the devices again.
         """
         _check("holder", holder)
         maxes: dict[str, int] = {}
@@ -298,7 +300,7 @@ class Leases:
         reply = self._run(self._park, [DEVICES_KEY, parked_key(holder)], holder,
                           int(since * 1000), _ms("wake_in", wake_in), queue_key, message,
                           json.dumps(names[0]), json.dumps(names[1:]), json.dumps(maxes),
-                          0 if single else int((since + RESERVE_AFTER) * 1000))
+                          0 if single else int((since + RESERVE_AFTER) * 1000), start_key)
         return int(reply) == 1
 
     def wake_due(self, limit: int = 200) -> int:

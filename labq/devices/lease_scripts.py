@@ -369,7 +369,8 @@ return out
 # ARGV: prefix, wttl, holder, since_ms, wake_in_ms, queue key, message, own
 # (JSON: the slots on the waiter's queue, lists of names), other (JSON: the
 # other queues' slots), max (JSON: device -> max_sessions), old_at_ms (a set
-# waiter's first-wait time plus reserve_ms; 0 for a single). Parks the retry
+# waiter's first-wait time plus reserve_ms; 0 for a single), and the run's
+# start-record hash ('' if none), whose entry for the waiter it drops. Parks the retry
 # message of a waiter that gave its slot back: on every one of its devices
 # it watches, by its first-wait time; any script whose change of such a
 # device serves it (ready) pushes the message to the front of its queue.
@@ -398,6 +399,8 @@ for _, d in ipairs(names) do
   redis.call('ZADD', P..'watch:'..d, since, h)
 end
 redis.call('ZADD', P..'parked', now + due, h)
+-- it waits, it does not run: its start record goes (the next try writes one)
+if ARGV[12] ~= '' then redis.call('HDEL', ARGV[12], h) end
 for _, d in ipairs(names) do tidy(d) end
 return 1
 """

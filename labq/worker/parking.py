@@ -8,7 +8,9 @@ lease script that frees a session or shortens a line of such a device wakes
 the earliest parked waiter that the change serves: it pushes the message to
 the front of the queue's list, where a free slot takes it at once. So a
 freed device is offered to its next waiter within one delivery, and waiters
-cost nothing while they wait.
+cost nothing while they wait. A parked task runs nowhere: its start record
+goes, so its run sees it queued, and the death of the worker that parked it
+does not touch it.
 
 A parked message is woken at the latest after ``wake_in`` seconds
 (:class:`Waker`, in each worker's main process): a lease that expires unseen
@@ -33,6 +35,7 @@ from kombu.messaging import Producer
 from kombu.transport import redis as kombu_redis
 
 from labq.devices.lease import Leases
+from labq.keys import starts_key
 from labq.redis_client import connect
 
 log = logging.getLogger(__name__)
@@ -128,8 +131,10 @@ def park(task: Any, leases: Leases, own: Slots, since: float, wake_in: float,
         if capture.message is None:  # Celery published nothing: it may have changed
             raise task.retry(countdown=wake_in)
         key, text = capture.message
+        start = getattr(task.request, "labq_start", None)  # (run id, record), see LabqTask
         if not leases.park(holder, own, other, since=since, wake_in=wake_in,
-                           queue_key=key, message=text, single=single):
+                           queue_key=key, message=text, single=single,
+                           start_key=starts_key(start[0]) if start else ""):
             return
         capture.send_others()
     retry.message = f"waits parked for its devices (woken when they free, or in {wake_in:.0f} s)"

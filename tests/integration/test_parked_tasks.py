@@ -41,6 +41,11 @@ def test_waiters_hold_no_slot_and_each_runs_once_its_turn_comes(
         # Twice as many waiters as lab-a has prefork slots (8).
         waiters = [run.submit(topology.hold, device="a9", seconds=0.02) for _ in range(16)]
         until(lambda: len(parked(client, waiters)) >= 15)
+        # Parked, a task runs nowhere: its run sees it queued, on no worker, so
+        # the death of the worker that parked it cannot make it lost.
+        for w in parked(client, waiters):
+            o = outcome(run, w)
+            assert (o.status, o.worker) == (Status.QUEUED, None), o
         # Every slot is free for other work meanwhile: another device's task runs now.
         other = run.submit(topology.hold, device="a10", seconds=0.0)
         until(lambda: outcome(run, other).status.final, timeout=10)

@@ -76,3 +76,10 @@ def test_a_soft_timeouts_repr_is_its_message() -> None:
     err = SoftTimeout("soft time limit reached on 'r5'", {})
     assert repr(err) == "SoftTimeout(\"soft time limit reached on 'r5'\")"
     assert SoftTimeout(*err.args).partial == {}
+
+
+def test_started_without_a_start_record_is_a_parked_waiter_queued() -> None:
+    out = outcome_from_meta(BASE, {"status": "STARTED"}, None)
+    assert (out.status, out.worker) == (Status.QUEUED, None)
+    started = outcome_from_meta(BASE, {"status": "STARTED"}, {"at": 1767225601.0, "worker": "w"})
+    assert (started.status, started.worker) == (Status.RUNNING, "w")
