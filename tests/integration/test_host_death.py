@@ -22,7 +22,7 @@ from conftest import lab_testbed, recorded, stack_settings
 from labq.app import LabqCelery, create_app
 from labq.devices.lease import Leases
 from labq.embedded.stack import Stack, WorkerSpec, node_name
-from labq.keys import RUN_KWARG, SCRIPT_KWARG
+from labq.keys import RUN_KWARG, SCRIPT_KWARG, parked_key
 from labq.worker.liveness import read_workers
 from tasks import diag
 
@@ -129,3 +129,25 @@ def test_idempotent_tasks_of_a_killed_host_run_again_once(
         # Ran once, or started on the dead host and ran once more: never more.
         assert len(roles.get("end", [])) == 1, roles
         assert len(roles.get("start", [])) <= 2, roles
+
+
+def test_waiters_parked_by_a_killed_host_still_run_once(lab: Stack, app: LabqCelery) -> None:
+    client = redis.Redis.from_url(lab.settings.broker_url)
+    with labq.Run("parked-death", app=app, progress=False) as run:
+        holder = run.submit(diag.hold_device, device="l5", seconds=4)
+        wait_running(run, 1)
+        waiters = [run.submit(diag.hold_device, device="l5", seconds=0) for _ in range(4)]
+        end = time.monotonic() + 20
+        while sum(client.exists(parked_key(w)) for w in waiters) < 4:
+            assert time.monotonic() < end, run.outcomes
+            time.sleep(0.05)
+        # Both hosts took first tries; w1 dies with its share of the parked ones.
+        kill_tree(lab.processes["w1"].pid)
+        outcomes = {o.task_id: o for o in run.wait(timeout=60)}
+    # Parked, they ran nowhere: none is lost, and each ran once, on w2.
+    for w in waiters:
+        assert outcomes[w].status is labq.Status.SUCCEEDED, outcomes[w]
+        assert outcomes[w].worker == node_name("w2")
+    assert outcomes[holder].status in (labq.Status.SUCCEEDED, labq.Status.LOST)
+    assert lab.sim is not None and lab.sim.state("l5", events=False)["peak"] <= 1
+    client.close()
