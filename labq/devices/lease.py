@@ -5,11 +5,17 @@ interleave with another worker's. Times come from Redis's own clock (``TIME``
 inside the scripts): workers' clocks may disagree, Redis's is the only one.
 
 The keys (a device's lease and wait sets, each holder's devices, the set of
-devices in use) are in :mod:`labq.keys`.
+devices in use, the parked waiters) are in :mod:`labq.keys`.
+
+A waiter that gives its prefork slot back parks its retry message here
+(:meth:`Leases.park`, used by :mod:`labq.worker.parking`): every script that
+frees a session or shortens a line pushes the parked retry that its change
+serves onto the front of its queue, in the same atomic step.
 
 Expired holders and waiters that stopped polling are purged by the next
-script that touches their device; every key also carries a PEXPIRE, so a
-device nobody touches again leaves nothing behind. The scripts derive the keys
+script that touches their device; every lease and line key also carries a
+PEXPIRE, so a device nobody touches again leaves nothing behind (a parked
+message never expires: it leaves when it is woken or its run cancelled). The scripts derive the keys
 of other devices and holders from names, so they need a single (non-cluster)
 Redis.
 """

@@ -1,6 +1,8 @@
 """The Lua scripts behind :mod:`labq.devices.lease`, one per change of a device's leases.
 
-Each runs atomically in Redis, with Redis's clock (``TIME``). The keys they
+Each runs atomically in Redis, with Redis's clock (``TIME``). Each ends with
+``tidy`` on every device it touched, which also wakes the parked waiter that
+the device's change serves (``wake_next``; parking itself is ``PARK``). The keys they
 touch are described in :mod:`labq.devices.lease`. They derive the keys of other
 devices and holders from names, so they need a single (non-cluster) Redis.
 """
