@@ -25,6 +25,7 @@ BENCHMARKS: tuple[tuple[str, list[str]], ...] = (
     ("scale", []),                                                 # 1,000 devices
     ("timelimits", []),                                            # issue 5
     ("allocation", []),                                            # issue 14
+    ("fairshare", []),                                             # issue 15's baseline
 )
 
 

@@ -258,6 +258,24 @@ def allocation_block() -> str:
     return "\n".join(lines)
 
 
+def fairshare_block() -> str:
+    d = load("fairshare")
+    if d is None:
+        return missing("fairshare", ".venv/bin/python -m bench.fairshare")
+    p, sm = d["params"], d["summary"]
+    lines = [where(d), "",
+             f"Run A: {p['backlog']} tasks of {p['seconds']:g} s on one worker of "
+             f"{p['slots']} slots; run B: {p['small']} of the same, {p['delay']:g} s later. "
+             f"A's backlog is {_f(sm['backlog_s'], 0)} s of the worker's time.", "",
+             "| round | B alone | B behind A | ratio |", "|---|---|---|---|"]
+    for r in d["rounds"]:
+        lines.append(f"| {r['round']} | {_f(r['idle'])} s | {_f(r['behind'])} s | "
+                     f"{_f(r['ratio'], 1)} |")
+    lines += ["", f"**B behind A / B alone = {_f(sm['ratio']['median'], 1)} (issue 15's "
+                  f"target: <= {_f(sm['target_ratio'], 1)}; no fair share yet).**"]
+    return "\n".join(lines)
+
+
 TIMELIMIT_ROWS = (("soft", "soft lateness, from body start", "p99 <= 100"),
                   ("soft_from_arm", "soft lateness, from timer arm", ""),
                   ("hard", "hard lateness, whole group dead, from body start", "p99 <= 300"),
@@ -354,6 +372,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "memory": memory_block,
     "scale": scale_block,
     "allocation": allocation_block,
+    "fairshare": fairshare_block,
     "timelimits": timelimits_block,
 }
 
