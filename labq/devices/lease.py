@@ -95,13 +95,9 @@ class SetGrant:
 
 @dataclass(frozen=True)
 class SetWait:
-    """Not every slot can be filled yet; the holder is in every candidate's line.
+    """Not every slot can be filled yet; the holder waits for its candidates
+    (in their lines once it reserves them, see ``ACQUIRE_SET``)."""
 
-    ``near`` says that each slot has a candidate where the holder is within
-    the device's ``max_sessions`` of the front (so a poll soon may succeed).
-    """
-
-    near: bool
     waiting_since: float
     waited: float
     holders: list[str]
@@ -266,10 +262,10 @@ class Leases:
                           [held_key(holder), waiting_key(holder), DEVICES_KEY], *args)
         if int(reply[0]) == 1:
             return SetGrant(tuple(text(d) for d in reply[2]), holder, int(reply[1]) / 1000)
-        first, now = float(text(reply[2])), int(reply[3])
-        return SetWait(near=bool(int(reply[1])), waiting_since=first / 1000,
+        first, now = float(text(reply[1])), int(reply[2])
+        return SetWait(waiting_since=first / 1000,
                        waited=max(0.0, (now - first) / 1000),
-                       holders=sorted({text(x) for x in reply[4]}),
+                       holders=sorted({text(x) for x in reply[3]}),
                        candidates=tuple(dict.fromkeys(names)))
 
     def free(self, devices: dict[str, int]) -> set[str]:

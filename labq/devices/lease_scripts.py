@@ -142,7 +142,7 @@ end
 -- or stop the reservations it changes; first the front of d's line (8),
 -- then the waiters outside it, cheap checks of d first and at most 8 full ones.
 local function wake_next(d)
-  local lease, _, wait = keys(d)
+  local _, _, wait = keys(d)
   for _, w in ipairs(redis.call('ZRANGE', wait, 0, 7)) do
     local r = redis.call('EXISTS', parked(w)) == 1 and ready(w)
     if r == 1 then wake(w); return end
@@ -295,7 +295,7 @@ for _, d in ipairs(order) do
   tidy(d)
 end
 if old and near then keep(P..'waiting:'..h, WTTL) end
-return {0, near and 1 or 0, since, now, holders}
+return {0, since, now, holders}
 """
 
 # ARGV: prefix, wttl, n, then n pairs of (device, max_sessions): the devices a
@@ -306,8 +306,7 @@ for _ = 1, tonumber(ARGV[3]) do
   local d, max = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
   purge(d)
-  local lease, _, wait = keys(d)
-  if redis.call('ZCARD', lease) < max and redis.call('ZCARD', wait) == 0 then out[#out + 1] = d end
+  if free_now(d, max) then out[#out + 1] = d end
   tidy(d)
 end
 return out

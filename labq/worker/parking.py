@@ -117,9 +117,9 @@ def park(task: Any, leases: Leases, own: Slots, since: float, wake_in: float,
     app = task.app
     holder = task.request.id
     with app.producer_or_acquire() as producer:
-        capture = _Capture(producer.channel, holder)
         if not _parkable(producer.channel):
             raise task.retry(countdown=wake_in)
+        capture = _Capture(producer.channel, holder)
         parking = Producer(  # type: ignore[no-untyped-call]
             capture, exchange=producer.exchange, serializer=producer.serializer,
             compression=producer.compression, auto_declare=False)
