@@ -37,6 +37,7 @@ from labq.errors import (
     UnknownDevice,
     UnknownRun,
 )
+from labq.fairshare.priority import Priority
 from labq.outcome import Outcome, RemoteError, Status
 from labq.settings import Settings
 from labq.worker.device_task import device_task
@@ -44,6 +45,7 @@ from labq.worker.device_task import device_task
 __all__ = [
     # Running tasks from a testscript
     "Run",
+    "Priority",
     "pcall",
     # What comes back
     "Outcome",

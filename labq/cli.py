@@ -254,13 +254,14 @@ def demo(ctx: Context, keep: bool, testbed: Path | None) -> None:
 def devices(ctx: Context, testbed: Path | None, broker: str | None, labels: tuple[str, ...],
             as_json: bool) -> None:
     """List every device with its queue, labels, lease holders and waiters."""
-    from labq.ops.device_list import device_rows, parse_labels, print_device_rows
+    from labq.ops.device_list import device_rows, parse_labels, print_device_rows, waiting_rows
 
-    rows = device_rows(ctx.settings(testbed=testbed, broker_url=broker), parse_labels(labels))
+    settings = ctx.settings(testbed=testbed, broker_url=broker)
+    rows = device_rows(settings, parse_labels(labels))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
-        print_device_rows(rows)
+        print_device_rows(rows, waiting=waiting_rows(settings))
 
 
 @main.command()

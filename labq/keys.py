@@ -36,6 +36,24 @@ key                             type    holds                                  e
                                                                                when woken
 ``labq:watch:{d}``              ZSET    parked waiter -> first-wait time (ms)  none: members leave
                                                                                when woken
+``labq:fair:q:{q}:backlog:{run}`` LIST  a run's messages for queue ``{q}`` not  none: emptied by the
+                                        yet on it, oldest at the right         dispatch (or a cancel)
+``labq:fair:q:{q}:runs:{c}``    ZSET    runs of class ``{c}`` (0 high, 1       none: members leave
+                                        normal, 2 low) waiting on ``{q}`` ->   with their backlog
+                                        pass (dispatches had)
+``labq:fair:q:{q}:age``         ZSET    waiting run -> last dispatch (ms)      as ``runs``
+``labq:fair:q:{q}:rank``        HASH    waiting run -> its class               as ``runs``
+``labq:fair:q:{q}:gone:{c}``    ZSET    runs that stopped waiting -> pass      pruned when they would
+                                                                               rejoin at the floor
+``labq:fair:q:{q}:clock``       HASH    class -> pass of its last dispatch     none (3 fields)
+``labq:fair:q:{q}:workers``     SET     workers consuming ``{q}``              members leave when
+                                                                               their heartbeat ends
+``labq:fair:queues``            SET     queues with waiting backlogs           members leave when
+                                                                               the last run drains
+``labq:fair:slots``             HASH    worker -> pool size                    as ``alive``
+``labq:fair:busy``              HASH    worker -> busy slots (children count,  as ``alive``
+                                        each heartbeat corrects)
+``labq:fair:alive``             ZSET    worker -> heartbeat expiry (ms)        pruned by the scripts
 ``labq:worker:{w}``             HASH    a worker's heartbeat (host, pid,       ``worker_ttl``
                                         queues, pool size, busy, times)
 ==============================  ======  =====================================  ==========================
@@ -43,7 +61,9 @@ key                             type    holds                                  e
 The lease scripts (:mod:`labq.devices.lease_scripts`) derive the keys of other
 devices and holders inside Redis, from :data:`PREFIX` and the suffixes below
 (``lease:``, ``wait:``, ``held:``, ``waiting:``, ``devices``, ``parked``,
-``watch:``), so leases need a single, non-cluster Redis.
+``watch:``), so leases need a single, non-cluster Redis; the fair-share
+scripts (:mod:`labq.fairshare.scripts`) likewise derive every ``labq:fair:``
+key from :data:`FAIR_PREFIX`.
 ``tests/integration/test_lease.py`` holds the two spellings together, and
 ``tests/unit/test_layout.py`` keeps every key literal of labq's in this module.
 
@@ -73,6 +93,11 @@ DONE_STREAM_MAXLEN = 100000
 RUN_KWARG = "labq_run"
 #: The testscript that submitted it.
 SCRIPT_KWARG = "labq_script"
+#: Who the run is for, and its priority: shown in Flower with the task.
+OWNER_KWARG = "labq_owner"
+PRIORITY_KWARG = "labq_priority"
+#: Every reserved keyword argument.
+RESERVED_KWARGS = (RUN_KWARG, SCRIPT_KWARG, OWNER_KWARG, PRIORITY_KWARG)
 
 
 # -- runs ---------------------------------------------------------------------
@@ -164,6 +189,28 @@ def watch_key(device: str) -> str:
 def wait_since_key(holder: str) -> str:
     """A waiter's first-wait time, kept across the retries that give its slot back."""
     return f"{PREFIX}waitsince:{holder}"
+
+
+# -- fair share ---------------------------------------------------------------
+
+#: Prefix of every fair-share key; the scripts take it as ``ARGV[1]``.
+FAIR_PREFIX = PREFIX + "fair:"
+#: Queues with runs waiting in backlogs.
+FAIR_QUEUES_KEY = FAIR_PREFIX + "queues"
+#: Workers' pool sizes, busy slots and heartbeat expiries.
+FAIR_SLOTS_KEY = FAIR_PREFIX + "slots"
+FAIR_BUSY_KEY = FAIR_PREFIX + "busy"
+FAIR_ALIVE_KEY = FAIR_PREFIX + "alive"
+
+
+def fair_queue_key(queue: str, part: str) -> str:
+    """A fair-share key of ``queue`` (``runs:1``, ``rank``, ``workers``, ...)."""
+    return f"{FAIR_PREFIX}q:{queue}:{part}"
+
+
+def backlog_key(queue: str, run_id: str) -> str:
+    """The messages of ``run_id`` for ``queue`` that wait for their turn."""
+    return fair_queue_key(queue, f"backlog:{run_id}")
 
 
 # -- workers ------------------------------------------------------------------

@@ -88,6 +88,15 @@ class Settings:
     #: Seconds a run keeps retrying its Redis reads while Redis is away (a
     #: restart) before it gives up with BrokerUnavailable.
     redis_retry_timeout: float = 60.0
+    #: Share each queue's slots fairly between runs (labq.fairshare): a
+    #: run's tasks wait in its own backlog, not on the queue's list.
+    fair_share: bool = True
+    #: Dispatches a run that starts waiting may take in a row before the
+    #: waiting runs alternate (its head start over runs already waiting).
+    fair_credit: int = 16
+    #: Seconds after which a waiting run's next task goes first, whatever
+    #: its priority: how long a low run can wait between two of its tasks.
+    priority_age: float = 60.0
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -268,7 +277,12 @@ _FIELD_TYPES: dict[str, type] = {
     "Path": Path,
     "float": float,
     "int": int,
+    "bool": bool,
 }
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 def _coerce_all(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -286,12 +300,45 @@ def _coerce_all(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
 def _coerce(f: dataclasses.Field[Any], value: Any, source: str) -> Any:
     kind = _FIELD_TYPES[str(f.type)]
     name = f"{ENV_PREFIX}{f.name.upper()}"
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        word = str(value).strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        raise ConfigError(name, value, f"expected a boolean: one of {', '.join(_TRUE + _FALSE)} "
+                                       f"(from {source})")
     if isinstance(value, bool) or (kind is not str and kind is not Path and value == ""):
         raise ConfigError(name, value, f"expected {kind.__name__} (from {source})")
     try:
         return kind(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(name, value, f"expected {kind.__name__} (from {source})") from exc
+
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object, what: str = "duration") -> float:
+    """Seconds in ``value``: a number of seconds, or ``90s``, ``30m``, ``2h``,
+    ``1d`` and sums of them (``1h30m``); :class:`ConfigError` naming the
+    value when it is none, or not positive."""
+    if isinstance(value, bool):
+        raise ConfigError(what, value, "expected a duration such as 90, 90s, 30m, 2h or 1h30m")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        raw = str(value).strip().lower()
+        if raw.startswith("-"):
+            raise ConfigError(what, value, "must be a positive duration")
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd]?)", raw)
+        if not raw or re.sub(r"(\d+(?:\.\d+)?)\s*([smhd]?)\s*", "", raw):
+            raise ConfigError(what, value,
+                              "expected a duration such as 90, 90s, 30m, 2h or 1h30m")
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise ConfigError(what, value, "must be a positive duration")
+    return seconds
 
 
 def _validate(s: Settings) -> None:
@@ -320,6 +367,10 @@ def _validate(s: Settings) -> None:
         raise bad("worker_ttl", "must be at least 2 seconds (heartbeats go every ttl/5)")
     if s.redis_retry_timeout < 0:
         raise bad("redis_retry_timeout", "must be 0 or more seconds")
+    if s.fair_credit < 0:
+        raise bad("fair_credit", "must be 0 or more dispatches")
+    if s.priority_age <= 0:
+        raise bad("priority_age", "must be a positive number of seconds")
     if s.cancel_grace < 0:
         raise bad("cancel_grace", "must be 0 or more seconds")
     if bool(s.redis_tls_cert) != bool(s.redis_tls_key):

@@ -45,6 +45,17 @@ def nap(seconds: float = 1.0, pidfile: str | None = None) -> dict[str, Any]:
     return {"slept": seconds, **_where()}
 
 
+@shared_task(name="tasks.diag.tally", bind=True, idempotent=True)
+def tally(self: Any, seconds: float = 0.1, path: str | None = None) -> dict[str, Any]:
+    """Sleep ``seconds``, then append the task id to the file ``path``: one
+    line per completed run, so a test sees a task that ran twice."""
+    time.sleep(seconds)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{self.request.id}\n")
+    return {"slept": seconds, **_where()}
+
+
 @shared_task(name="tasks.diag.burn")
 def burn(seconds: float = 1.0) -> dict[str, Any]:
     """Keep one core busy for ``seconds``, counting loop turns."""

@@ -10,7 +10,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -21,6 +21,7 @@ from celery.states import READY_STATES
 from labq.client.run_info import RunInfo
 from labq.client.run_state import RunState
 from labq.errors import BrokerUnavailable
+from labq.fairshare.backlogs import Backlogs
 from labq.keys import RESULT_PREFIX, RUN_KWARG, RUN_TTL, cancel_key, starts_key
 from labq.outcome import Status
 from labq.redis_client import text
@@ -31,11 +32,13 @@ log = logging.getLogger(__name__)
 
 
 def cancel_run(state: RunState, client: redis.Redis, control: Any,
-               refresh: Callable[[], object], grace: float) -> None:
+               refresh: Callable[[], object], grace: float,
+               backlogs: Backlogs | None = None) -> None:
     """Stop the run's tasks (see :meth:`labq.Run.cancel`).
 
     ``control`` is the app's Celery remote control, ``refresh`` reads the
-    state of every pending task into ``state``.
+    state of every pending task into ``state``; ``backlogs`` holds the
+    run's tasks that wait for their fair share.
     """
     state.cancelled = True
     try:
@@ -48,6 +51,7 @@ def cancel_run(state: RunState, client: redis.Redis, control: Any,
     if not pending:
         return
     waiting = set(pending)
+    drop_backlogs(client, state.run_id, state.queues, backlogs)
     purge(client, state.queues, lambda m: _task_id(m) in waiting)
     # Waiters parked for their devices run nowhere: drop them, and they end now.
     state.end(unpark(client, control, pending), Status.CANCELLED,
@@ -68,6 +72,16 @@ def cancel_run(state: RunState, client: redis.Redis, control: Any,
         if still:
             control.revoke(still, terminate=True, signal="SIGKILL")
     state.end(state.pending(), Status.CANCELLED, finished_at=datetime.now(timezone.utc))
+
+
+def drop_backlogs(client: redis.Redis, run_id: str, queues: Iterable[str],
+                  backlogs: Backlogs | None = None) -> int:
+    """Drop the run's tasks still in its fair-share backlogs; how many."""
+    try:
+        return (backlogs or Backlogs(client)).drop(run_id, queues)
+    except redis.RedisError as exc:  # the durable flag still stops them when dispatched
+        log.warning("run %s: backlogs not dropped: %s", run_id, exc)
+        return 0
 
 
 def purge(client: redis.Redis, queues: frozenset[str],
@@ -151,7 +165,8 @@ def cancel_by_id(client: redis.Redis, control: Any, run: RunInfo, grace: float) 
         started = [text(t) for t in client.hkeys(starts_key(run.id))]
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"cannot record the cancel of {run.id!r}: {exc}") from exc
-    dropped = purge(client, frozenset(run.queues), lambda m: _run_of(m) == run.id)
+    dropped = drop_backlogs(client, run.id, run.queues)
+    dropped += purge(client, frozenset(run.queues), lambda m: _run_of(m) == run.id)
     unparked = set(unpark(client, control, started))
     dropped += len(unparked)
     started = [t for t in started if t not in unparked]

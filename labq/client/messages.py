@@ -18,7 +18,7 @@ from celery.utils.saferepr import saferepr
 
 from labq.devices.pick import Pick, encode
 from labq.devices.routing import DeviceRouter
-from labq.keys import RUN_KWARG, SCRIPT_KWARG
+from labq.keys import OWNER_KWARG, PRIORITY_KWARG, RUN_KWARG, SCRIPT_KWARG
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,8 @@ class Builder:
         if not self.device_task:
             return _plain_repr(dict(kwargs), self.maxsize)
         roles = getattr(self.task, "labq_roles", ("device",))
-        first = {k: kwargs[k] for k in (*roles, RUN_KWARG) if k in kwargs}
+        first = {k: kwargs[k] for k in (*roles, RUN_KWARG, OWNER_KWARG, PRIORITY_KWARG)
+                 if k in kwargs}
         shown = {**first, **{k: v for k, v in kwargs.items()
                              if k not in first and k != SCRIPT_KWARG}}
         return _plain_repr(shown, self.maxsize) or saferepr(shown, self.maxsize)

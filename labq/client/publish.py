@@ -20,6 +20,7 @@ rest was never sent: :class:`labq.errors.PartialSubmit` says which is which.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,9 +28,11 @@ from kombu.exceptions import KombuError, OperationalError
 from redis.exceptions import RedisError
 
 from labq.client.messages import TaskMessage
-from labq.client.wire import Wire, publish_receivers, wire_for
+from labq.client.wire import Sink, Wire, publish_receivers, wire_for
 from labq.errors import BrokerUnavailable, PartialSubmit, SubmitError
 from labq.settings import mask_url
+
+log = logging.getLogger(__name__)
 
 #: Messages per pipeline: big enough to amortise the round trip, small enough
 #: that a failure leaves little uncertain.
@@ -37,13 +40,17 @@ DEFAULT_CHUNK = 500
 
 
 def publish(app: Any, messages: Sequence[TaskMessage], *, chunk: int = DEFAULT_CHUNK,
-            broker: str = "", raw: bool = True, wires: dict[Any, Wire] | None = None) -> None:
+            broker: str = "", raw: bool = True, wires: dict[Any, Wire] | None = None,
+            sink: Sink | None = None) -> None:
     """Publish ``messages`` in pipelines of ``chunk``; all or a :class:`PartialSubmit`.
 
     ``raw=False`` forces kombu's producer for every message (the fallback
     :func:`wire_for` picks by itself when the raw payloads could differ).
     ``wires`` keeps the :class:`Wire` of a single message between calls,
     by producer and message shape (``Run.submit`` sends one at a time).
+    ``sink`` takes each chunk's texts instead of the queue lists (a run's
+    fair-share backlogs); kombu's producer, when it must publish, ignores
+    it and the messages go straight onto their lists, served in order.
     """
     if chunk < 1:
         raise SubmitError(f"chunk={chunk!r}: must be at least 1")
@@ -69,10 +76,12 @@ def publish(app: Any, messages: Sequence[TaskMessage], *, chunk: int = DEFAULT_C
                             wires[key] = wire
                     if wire is not None:
                         with wire.pipeline() as pipe:
-                            wire.add(pipe, part)
+                            wire.add(pipe, part, sink)
                             sending = False
                             pipe.execute()
                     else:
+                        if sink is not None:
+                            _warn_unfair()
                         # max_size above the chunk's commands: kombu must not
                         # flush on its own, so one execute covers this chunk.
                         with producer.batch(max_size=4 * len(part) + 16) as batch:
@@ -101,6 +110,17 @@ def publish(app: Any, messages: Sequence[TaskMessage], *, chunk: int = DEFAULT_C
         raise BrokerUnavailable(
             f"cannot submit {len(messages)} tasks: Redis at {mask_url(broker)} "
             f"is unreachable: {exc}") from exc
+
+
+_warned: list[bool] = []
+
+
+def _warn_unfair() -> None:
+    if not _warned:
+        _warned.append(True)
+        log.warning("kombu's producer publishes these tasks (publish signal receivers, or "
+                    "a wire format labq does not reproduce): they skip fair share and "
+                    "are served in order")
 
 
 def _shape(producer: Any, m: TaskMessage) -> Any:

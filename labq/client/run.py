@@ -37,7 +37,14 @@ from labq.client.publish import DEFAULT_CHUNK
 from labq.client.run_info import record_queues, record_start
 from labq.client.run_state import Call, RunState
 from labq.client.streams import RunStreams
-from labq.client.submission import check_json, check_limits, first, script_name, task_name
+from labq.client.submission import (
+    check_json,
+    check_limits,
+    check_owner,
+    first,
+    script_name,
+    task_name,
+)
 from labq.client.wire import uuid4_strings
 from labq.errors import (
     BrokerUnavailable,
@@ -47,10 +54,19 @@ from labq.errors import (
     RunTimeout,
     SubmitError,
 )
-from labq.keys import RUN_KWARG, SCRIPT_KWARG, cancel_key, starts_key
+from labq.fairshare.backlogs import Backlogs
+from labq.fairshare.priority import Priority
+from labq.keys import (
+    OWNER_KWARG,
+    PRIORITY_KWARG,
+    RUN_KWARG,
+    SCRIPT_KWARG,
+    cancel_key,
+    starts_key,
+)
 from labq.outcome import Outcome, outcome_from_meta
 from labq.redis_client import auth_failed, connect, retrying, unavailable
-from labq.settings import Settings, mask_url
+from labq.settings import Settings, mask_url, parse_duration
 from labq.worker.liveness import WorkerWatch
 
 log = logging.getLogger(__name__)
@@ -70,7 +86,16 @@ class Run:
                  time_limit: float | None = None, app: LabqCelery | None = None,
                  settings: Settings | None = None, progress: bool | None = None,
                  logs: bool = True, grace: float | None = None,
-                 report: str | os.PathLike[str] | None = None) -> None:
+                 report: str | os.PathLike[str] | None = None,
+                 priority: str | Priority = Priority.NORMAL, owner: str | None = None,
+                 hold_on_failure: str | float | None = None) -> None:
+        #: ``high`` takes free slots before ``normal``, ``normal`` before ``low``.
+        self.priority = Priority.parse(priority)
+        #: Who the run is for (the OS user by default): shown with its tasks everywhere.
+        self.owner = check_owner(owner)
+        #: Seconds a failed task's devices stay reserved for the owner (None: not at all).
+        self.hold_on_failure = (None if hold_on_failure is None
+                                else parse_duration(hold_on_failure, "hold_on_failure"))
         self._own_app = app is None
         self.app = app or create_app(settings or Settings.load())
         self.settings: Settings = self.app.labq_settings
@@ -100,10 +125,12 @@ class Run:
                              socket_connect_timeout=5)
         self._watch = WorkerWatch(self.redis, self.settings.worker_ttl, LIVENESS_INTERVAL)
         self._streams = RunStreams(self.redis, self.id, logs)
+        self._backlogs = Backlogs(self.redis, self.settings) if self.settings.fair_share else None
         self._sigterm = ExitStack()
         try:
             self.redis.ping()
-            record_start(self.redis, self.id, name, self.script)
+            record_start(self.redis, self.id, name, self.script, owner=self.owner,
+                         priority=self.priority.value)
         except redis.RedisError as exc:
             hint = "" if auth_failed(exc) else "; is the stack up and LABQ_BROKER_URL right?"
             raise BrokerUnavailable(
@@ -127,7 +154,7 @@ class Run:
         if args and "device" not in kwargs and self._is_device_task(name):
             # run.submit(execute, "r1", ...): the device goes where routing looks.
             kwargs, args = {"device": args[0], **kwargs}, args[1:]
-        body = {**kwargs, RUN_KWARG: self.id, SCRIPT_KWARG: self.script}
+        body = {**kwargs, **self._tags}
         message = self._send(name, list(args), body, task_id=str(uuid.uuid4()), queue=None,
                              soft=soft, hard=hard, device=self._first_device(name, kwargs))
         self._track_published([message], soft, hard, args=list(args))
@@ -155,11 +182,12 @@ class Run:
         for kwargs, task_id in zip(items, uuid4_strings(len(items)), strict=True):
             kwargs = dict(kwargs)
             check_json(name, (), kwargs)
-            body = {**kwargs, RUN_KWARG: self.id, SCRIPT_KWARG: self.script}
+            body = {**kwargs, **self._tags}
             messages.append(builder.build((), body, task_id=task_id,
                                           device=self._first_device(name, kwargs)))
         try:
-            publish.publish(self.app, messages, chunk=chunk, broker=mask_url(self.settings.broker_url))
+            publish.publish(self.app, messages, chunk=chunk, broker=mask_url(self.settings.broker_url),
+                            sink=self._sink if self._backlogs else None)
         except PartialSubmit as exc:
             queued = set(exc.queued)
             self._track_published((m for m in messages if m.task_id in queued), soft, hard)
@@ -196,13 +224,25 @@ class Run:
             queue=queue)
         try:
             publish.publish(self.app, [message], broker=mask_url(self.settings.broker_url),
-                            wires=self._wires)
+                            wires=self._wires,
+                            sink=self._sink if self._backlogs else None)
         except PartialSubmit as exc:
             maybe = " (it may have been queued)" if exc.uncertain else ""
             raise BrokerUnavailable(
                 f"cannot submit {name} as task {task_id}{maybe}: Redis at "
                 f"{mask_url(self.settings.broker_url)} failed: {exc.__cause__}") from exc
         return message
+
+    @property
+    def _tags(self) -> dict[str, str]:
+        """The reserved keyword arguments every task of this run carries."""
+        return {RUN_KWARG: self.id, SCRIPT_KWARG: self.script, OWNER_KWARG: self.owner,
+                PRIORITY_KWARG: self.priority.value}
+
+    def _sink(self, pipe: Any, queue: str, payloads: list[str]) -> None:
+        """Where the run's messages go: its fair-share backlog (labq.fairshare)."""
+        assert self._backlogs is not None
+        self._backlogs.submit(queue, self.id, self.priority, payloads, pipe)
 
     def _resend(self, task_id: str, call: Call) -> None:
         """Send ``call`` again as ``task_id``, to the queue it went to."""
@@ -364,7 +404,8 @@ class Run:
         interrupt and, after ``grace`` seconds, the hard kill. A Ctrl-C
         during the grace kills at once."""
         grace = self.grace if grace is None else grace
-        cancel_run(self._state, self.redis, self.app.control, self.refresh, grace)
+        cancel_run(self._state, self.redis, self.app.control, self.refresh, grace,
+                   backlogs=self._backlogs)
         return self.outcomes
 
     # -- reporting and context --------------------------------------------

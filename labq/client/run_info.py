@@ -31,14 +31,17 @@ class RunInfo:
     pid: int
     started_at: float
     queues: tuple[str, ...]
+    owner: str = ""
+    priority: str = "normal"
 
 
-def record_start(client: redis.Redis, run_id: str, name: str, script: str) -> None:
+def record_start(client: redis.Redis, run_id: str, name: str, script: str, *,
+                 owner: str = "", priority: str = "normal") -> None:
     """Write the run's info record (one round trip)."""
     pipe = client.pipeline(transaction=False)
     pipe.hset(info_key(run_id), mapping={
         "name": name, "script": script, "host": socket.gethostname(), "pid": os.getpid(),
-        "started_at": time.time(), "queues": "",
+        "started_at": time.time(), "queues": "", "owner": owner, "priority": priority,
     })
     pipe.expire(info_key(run_id), RUN_TTL)
     pipe.execute()
@@ -71,5 +74,7 @@ def find(client: redis.Redis, prefix: str) -> list[RunInfo]:
                             script=fields.get("script", ""), host=fields.get("host", ""),
                             pid=int(fields.get("pid") or 0),
                             started_at=float(fields.get("started_at") or 0),
-                            queues=tuple(q for q in fields.get("queues", "").split(",") if q)))
+                            queues=tuple(q for q in fields.get("queues", "").split(",") if q),
+                            owner=fields.get("owner", ""),
+                            priority=fields.get("priority", "normal")))
     return sorted(runs, key=lambda r: r.started_at, reverse=True)

@@ -3,7 +3,9 @@ its arguments. Every refusal names the offending value."""
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -63,3 +65,20 @@ def check_json(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None
             raise SubmitError(
                 f"{name}: argument {key}={value!r} is not JSON-serialisable ({exc}); "
                 "labq sends JSON only") from exc
+
+
+def default_owner() -> str:
+    """The OS user running the testscript."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's uid)
+        return f"uid{os.getuid()}"
+
+
+def check_owner(owner: str | None) -> str:
+    """``owner``, else the OS user; refused when blank or not one printable line."""
+    if owner is None:
+        return default_owner()
+    if not isinstance(owner, str) or not owner.strip() or not owner.isprintable():
+        raise SubmitError(f"owner={owner!r}: must be a non-empty name on one line")
+    return owner.strip()

@@ -48,6 +48,10 @@ if TYPE_CHECKING:
     from labq.client.messages import TaskMessage
 
 
+#: Takes a chunk's message texts for one list key, oldest first, onto a pipeline.
+Sink = Callable[[Any, str, list[str]], None]
+
+
 @dataclass(frozen=True)
 class _Route:
     """What kombu derives from a message's queue: the list key and envelope constants."""
@@ -87,13 +91,16 @@ class Wire:
         stack.callback(pipe.reset)
         return _Closing(pipe, stack)
 
-    def add(self, pipe: Any, part: Sequence[TaskMessage]) -> None:
+    def add(self, pipe: Any, part: Sequence[TaskMessage], sink: Sink | None = None) -> None:
         """Queue ``LPUSH`` (and event ``PUBLISH``) commands for ``part`` on ``pipe``.
 
         The JSON texts are kombu's: :func:`_envelope` and :func:`_event` are
         the dicts kombu and Celery build, encoded once per batch with slots
         (:func:`_fragments`); per message only the slots' values are encoded.
+        With ``sink``, the texts go to it, by list key and oldest first,
+        instead of onto the lists (a run's fair-share backlog).
         """
+        held: dict[str, list[str]] = {}
         tag = iter(uuid4_strings(2 * len(part))).__next__  # kombu's tags: uuid4 strings
         text, string, b64 = _JSON.encode, encode_basestring_ascii, _b64
         for name in {m.queue for m in part}:  # cached by kombu: one SADD per queue ever
@@ -109,10 +116,14 @@ class Wire:
             t0, t1, t2, t3, t4, t5 = route.envelope
             # Producer.publish: serialize, envelope (prepare_message), then the
             # channel's base64 body and delivery tag (_inplace_augment_message).
-            pipe.lpush(route.key, "".join((
+            payload = "".join((
                 t0, string(b64(text(body))), t1, text(headers), t2,
                 _value(properties["correlation_id"]), t3, _value(properties["reply_to"]), t4,
-                string(tag()), t5)))
+                string(tag()), t5))
+            if sink is None:
+                pipe.lpush(route.key, payload)
+            else:
+                held.setdefault(route.key, []).append(payload)
             if sent_event and evd is not None:
                 # EventDispatcher.publish: Event() field order, clock forwarded
                 # per event, the dispatcher's identity, delivery mode 1.
@@ -124,6 +135,8 @@ class Wire:
                 envelope = "".join((e0, string(b64(event)), e1, string(tag()), e2))
                 for topic in self.event_topics:
                     pipe.publish(topic, envelope)
+        for key, payloads in held.items():
+            sink(pipe, key, payloads)  # type: ignore[misc]  # held is empty without a sink
 
 
 _SLOT = "\x00labq-slot-{}\x00"
@@ -290,7 +303,7 @@ def _kombu_json_as_assumed() -> bool:
 
 
 #: Options the raw path reproduces (serializer only as json, compression only off).
-_PLAIN_OPTIONS = frozenset({"queue", "priority", "serializer", "compression"})
+_PLAIN_OPTIONS = frozenset({"queue", "routing_key", "priority", "serializer", "compression"})
 
 
 def wire_for(app: Any, producer: Any, messages: Sequence[TaskMessage]) -> Wire | None:
@@ -318,7 +331,10 @@ def wire_for(app: Any, producer: Any, messages: Sequence[TaskMessage]) -> Wire |
     events = False
     for m in messages:
         opts = m.options
+        # A routing key beside a direct queue changes nothing: Celery sends it
+        # on the anonymous exchange with the queue's name (send_task_message).
         if (not _PLAIN_OPTIONS.issuperset(opts) or opts.get("serializer", "json") != "json"
+                or opts.get("routing_key", m.queue) != m.queue
                 or opts.get("compression") or "compression" in m.message[0]
                 or tuple(m.message[1]) != ("correlation_id", "reply_to")):
             return None

@@ -15,6 +15,7 @@ from labq.devices.lease import Leases
 from labq.devices.pick import Pick
 from labq.devices.testbed_yaml import load_testbed
 from labq.errors import BrokerUnavailable, ConfigError
+from labq.ops.waiting_work import RunWaiting, waiting_table, waiting_work
 from labq.redis_client import connect, unavailable
 from labq.settings import Settings
 
@@ -75,7 +76,21 @@ def device_rows(settings: Settings, labels: Pick | None = None) -> list[dict[str
     return rows
 
 
-def print_device_rows(rows: list[dict[str, Any]], console: Console | None = None) -> None:
+def waiting_rows(settings: Settings) -> list[RunWaiting]:
+    """The work waiting for each queue's slots, by run (:mod:`labq.ops.waiting_work`)."""
+    client = connect(settings.broker_url, settings, socket_timeout=5)
+    try:
+        return waiting_work(client)
+    except redis.exceptions.NoPermissionError:
+        return []  # a Redis user without the fair-share keys: the devices alone
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(unavailable(settings.broker_url, exc, settings)) from exc
+    finally:
+        client.close()
+
+
+def print_device_rows(rows: list[dict[str, Any]], console: Console | None = None,
+                      waiting: list[RunWaiting] | None = None) -> None:
     now = time.time()
     table = Table(title="devices")
     for col in ("device", "queue", "labels", "sessions",
@@ -92,4 +107,7 @@ def print_device_rows(rows: list[dict[str, Any]], console: Console | None = None
         table.add_row(row["device"], row["queue"],
                       " ".join(f"{k}={v}" for k, v in own.items()),
                       f"{len(row['holders'])}/{row['max_sessions'] or '?'}", holders, waiters)
-    (console or Console()).print(table)
+    console = console or Console()
+    console.print(table)
+    if waiting is not None:
+        console.print(waiting_table(waiting))

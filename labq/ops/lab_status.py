@@ -12,7 +12,9 @@ or gone. Every read is bounded:
   most the prefetch of every worker. The run's start record
   (``labq:run:{run}:started``) tells running from reserved, the result
   backend drops those that just finished;
-- device leases and waiters: :meth:`labq.devices.lease.Leases.snapshot`.
+- device leases and waiters: :meth:`labq.devices.lease.Leases.snapshot`;
+- work waiting for its fair share, by queue and run
+  (:mod:`labq.ops.waiting_work`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from labq.devices.pick import decode
 from labq.errors import BrokerUnavailable
 from labq.keys import (
     BINDING_PREFIX,
+    OWNER_KWARG,
+    PRIORITY_KWARG,
     RESULT_PREFIX,
     RUN_KWARG,
     UNACKED_INDEX_KEY,
@@ -44,6 +48,7 @@ from labq.keys import (
     fenced_key,
     starts_key,
 )
+from labq.ops.waiting_work import RunWaiting, waiting_table, waiting_work
 from labq.redis_client import unavailable
 from labq.settings import Settings, mask_url
 from labq.worker.liveness import WorkerBeat, read_workers
@@ -94,6 +99,9 @@ class TaskRow:
     slot: str
     #: Epoch seconds: started, else taken by the worker.
     since: float
+    #: The run's owner and priority, from the task's reserved kwargs.
+    owner: str = ""
+    priority: str = ""
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ class LabStatus:
     queues: list[QueueDepth] = field(default_factory=list)
     tasks: list[TaskRow] = field(default_factory=list)
     leases: list[DeviceLeases] = field(default_factory=list)
+    waiting: list[RunWaiting] = field(default_factory=list)
     #: Sections left out, and why (a Redis ACL user that may not read them).
     notes: list[str] = field(default_factory=list)
 
@@ -120,6 +129,7 @@ class LabStatus:
             "tasks": [{**asdict(t), "state": t.state.value, "age": round(at - t.since, 3)}
                       for t in self.tasks],
             "leases": [asdict(d) for d in self.leases],
+            "waiting": [asdict(w) for w in self.waiting],
             "notes": list(self.notes),
         }
 
@@ -162,11 +172,12 @@ def collect(settings: Settings) -> LabStatus:
             client, _queue_names(client, workers, settings.default_queue), workers))
         tasks = _readable("tasks", notes, lambda: _unacked_tasks(client))
         leases = _readable("device leases", notes, lambda: Leases(client).snapshot())
+        waiting = _readable("waiting work", notes, lambda: waiting_work(client))
     if tasks:
         tasks = _readable("tasks", notes, lambda: _settle(
             tasks, client_url=settings.backend_url, workers=workers))
     return LabStatus(broker=mask_url(settings.broker_url), at=time.time(), workers=workers,
-                     queues=queues, tasks=tasks, leases=leases, notes=notes)
+                     queues=queues, tasks=tasks, leases=leases, waiting=waiting, notes=notes)
 
 
 def _queue_names(client: redis.Redis, workers: Iterable[WorkerBeat],
@@ -213,6 +224,8 @@ class _Unacked:
     device: str
     run: str
     delivered_at: float
+    owner: str = ""
+    priority: str = ""
 
 
 def _unacked_tasks(client: redis.Redis) -> list[TaskRow]:
@@ -247,7 +260,7 @@ def _unacked_tasks(client: redis.Redis) -> list[TaskRow]:
         rows.append(TaskRow(
             task_id=m.task_id, task=m.task, device=m.device, run=m.run, state=state,
             worker=str(start.get("worker", "")), slot=str(start.get("slot", "")),
-            since=float(start.get("at", m.delivered_at)),
+            since=float(start.get("at", m.delivered_at)), owner=m.owner, priority=m.priority,
         ))
     return rows
 
@@ -268,7 +281,8 @@ def _parse(payload: bytes | str, delivered_at: float) -> _Unacked | None:
     device = decode(kwargs.get("device") or "")  # a Pick shows as Pick(role='spine')
     return _Unacked(task_id=str(headers.get("id", "")), task=str(headers.get("task", "")),
                     device=str(device), run=str(kwargs.get(RUN_KWARG) or ""),
-                    delivered_at=delivered_at)
+                    delivered_at=delivered_at, owner=str(kwargs.get(OWNER_KWARG) or ""),
+                    priority=str(kwargs.get(PRIORITY_KWARG) or ""))
 
 
 def _settle(tasks: list[TaskRow], *, client_url: str,
@@ -289,7 +303,7 @@ def _settle(tasks: list[TaskRow], *, client_url: str,
         if state is TaskState.RUNNING and worker and worker not in alive:
             state = TaskState.ORPHANED
         out.append(TaskRow(task.task_id, task.task, task.device, task.run, state,
-                           worker, task.slot, task.since))
+                           worker, task.slot, task.since, task.owner, task.priority))
     return sorted(out, key=lambda t: (t.state is not TaskState.RUNNING, t.since))
 
 
@@ -337,14 +351,14 @@ def render(status: LabStatus) -> Group:
         queues.add_row(q.queue, str(q.depth), consumers)
 
     tasks = Table(title="tasks taken by workers", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("id", "task @ device", "run", "state", "slot", "age"):
+    for col in ("id", "task @ device", "run (owner, priority)", "state", "slot", "age"):
         # A narrow terminal folds the run id; every other cell stays whole.
         tasks.add_column(col, no_wrap=col != "run", overflow="fold")
     styles = {TaskState.RUNNING: "green", TaskState.RESERVED: "dim",
               TaskState.ORPHANED: "bold red", TaskState.LOST: "red"}
     for t in status.tasks[:SCREEN_ROWS]:
         tasks.add_row(t.task_id[:8], f"{_short(t.task)} @ {t.device}" if t.device else _short(t.task),
-                      t.run or "-",
+                      f"{t.run} ({t.owner or '?'}, {t.priority or '?'})" if t.run else "-",
                       Text(t.state.value, style=styles[t.state]), t.slot or t.worker or "-",
                       _age(at - t.since))
 
@@ -360,6 +374,7 @@ def render(status: LabStatus) -> Group:
         leases.add_row(d.device, holders, waiters)
     notes = [Text(n, style="yellow") for n in status.notes]
     return Group(_more(workers, len(status.workers)), _more(queues, len(status.queues)),
+                 waiting_table(status.waiting, SCREEN_ROWS),
                  _more(tasks, len(status.tasks)), _more(leases, len(status.leases)), *notes)
 
 

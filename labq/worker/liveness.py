@@ -28,6 +28,7 @@ from typing import Any
 
 import redis
 
+from labq.fairshare.backlogs import Backlogs
 from labq.keys import WORKER_PREFIX, worker_key
 from labq.redis_client import connect
 from labq.settings import Settings
@@ -144,6 +145,8 @@ class Heartbeat:
                  settings: Settings | None = None) -> None:
         self.hostname = hostname
         self.ttl = ttl
+        #: Also record the slots for fair share (labq.fairshare).
+        self.fair_share = settings.fair_share if settings is not None else False
         self.interval = ttl / 5
         self.info = info
         self.fence = fence
@@ -171,6 +174,8 @@ class Heartbeat:
         if remove:
             try:
                 self.client.delete(worker_key(self.hostname))
+                if self.fair_share:
+                    Backlogs(self.client).unregister(self.hostname)
             except redis.RedisError as exc:
                 log.warning("heartbeat of %s not removed (%s); it expires in %.0f s",
                             self.hostname, exc, self.ttl)
@@ -189,6 +194,10 @@ class Heartbeat:
             pipe = self.client.pipeline(transaction=True)
             pipe.hset(worker_key(self.hostname), mapping=mapping)
             pipe.pexpire(worker_key(self.hostname), int(self.ttl * 1000))
+            if self.fair_share:
+                Backlogs.register(pipe, self.hostname, fields.get("queues", ()),
+                                  int(mapping["concurrency"]), int(mapping["busy"]),
+                                  dead_after(self.ttl), time.time())
             pipe.execute()
         except Exception as exc:  # never let the thread die: it also fences
             log.debug("heartbeat of %s failed: %s", self.hostname, exc)

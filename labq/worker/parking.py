@@ -145,8 +145,11 @@ class Waker:
     """Wakes parked waiters that are due, every :data:`SWEEP_EVERY` seconds,
     from a daemon thread of the worker's main process."""
 
-    def __init__(self, leases: Leases, hostname: str) -> None:
+    def __init__(self, leases: Leases, hostname: str,
+                 refill: Callable[[], int] | None = None) -> None:
         self.leases = leases
+        #: Also dispatch fair-share backlogs onto this worker's queues.
+        self.refill = refill
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name=f"labq-waker-{hostname}")
@@ -162,6 +165,11 @@ class Waker:
 
     def _loop(self) -> None:
         while not self._stop.wait(SWEEP_EVERY):
+            if self.refill is not None:
+                try:
+                    self.refill()
+                except Exception as exc:  # Redis away: the next sweep tries again
+                    log.debug("fair-share refill failed: %s", exc)
             try:
                 woken = self.leases.wake_due()
             except Exception as exc:  # Redis away: the next sweep tries again

@@ -20,6 +20,7 @@ from celery.apps.worker import Worker as CeleryWorker
 
 from labq.devices.lease import Leases
 from labq.errors import ConfigError
+from labq.fairshare.backlogs import Backlogs
 from labq.redis_client import TRANSPORT, connect
 from labq.settings import Settings
 from labq.worker.hub import LabqHub
@@ -89,8 +90,14 @@ class PreforkOnlyWorker(CeleryWorker):  # type: ignore[misc]
                 settings.broker_url, self.hostname, settings.worker_ttl,
                 info=self._labq_beat_info, fence=_fence_running_tasks,
                 settings=settings).start()
-            self._labq_waker = Waker(Leases(connect(settings.broker_url, settings)),
-                                     self.hostname).start()
+            client = connect(settings.broker_url, settings)
+            refill = None
+            if settings.fair_share:
+                backlogs = Backlogs(client, settings)
+
+                def refill() -> int:
+                    return backlogs.refill(self._labq_beat_info()["queues"])
+            self._labq_waker = Waker(Leases(client), self.hostname, refill).start()
 
     def _labq_beat_info(self) -> dict[str, Any]:
         from celery.worker import state

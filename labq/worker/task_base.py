@@ -26,12 +26,13 @@ from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from labq.errors import SoftTimeout, TaskCancelled
+from labq.fairshare.backlogs import Backlogs
 from labq.keys import (
     DONE_STREAM_MAXLEN,
     LOG_STREAM_MAXLEN,
+    RESERVED_KWARGS,
     RUN_KWARG,
     RUN_TTL,
-    SCRIPT_KWARG,
     cancel_key,
     done_key,
     fenced_key,
@@ -116,6 +117,20 @@ def _install_log_handler() -> None:
         root.setLevel(logging.INFO)
 
 
+_backlogs: tuple[int, Backlogs] | None = None
+
+
+def _give_slot_back(client: redis.Redis, settings: Settings, worker: str, queue: str) -> None:
+    """The task's slot is free: count it so, and dispatch the next fair-share task into it."""
+    global _backlogs
+    if _backlogs is None or _backlogs[0] != id(client):
+        _backlogs = (id(client), Backlogs(client, settings))
+    try:
+        _backlogs[1].ended(worker, queue)
+    except redis.RedisError as exc:  # the worker's sweep dispatches within a second
+        log.debug("slot of %s not given back: %s", worker, exc)
+
+
 class StartRider(Protocol):
     """One command a task sends in its start record's round trip (see
     ``LabqTask._start_rider``): ``queue`` puts it on the pipeline,
@@ -140,7 +155,8 @@ class LabqTask(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         run_id = kwargs.pop(RUN_KWARG, None)
-        kwargs.pop(SCRIPT_KWARG, None)
+        for reserved in RESERVED_KWARGS:
+            kwargs.pop(reserved, None)
         if getattr(self.request, "called_directly", True):
             return self.run(*args, **kwargs)
         if run_id is None:
@@ -173,6 +189,10 @@ class LabqTask(Task):  # type: ignore[misc]
                 f"{exc}") from exc
         finally:
             current.run_id = current.task_id = current.device = None
+            queue = getattr(self.request, "labq_busy", None)
+            if queue is not None:
+                self.request.labq_busy = None
+                _give_slot_back(client, settings, self.request.hostname or "", queue)
 
     def note_devices(self, devices: dict[str, str]) -> None:
         """Add the devices the task was given (role -> device) to its start
@@ -228,6 +248,11 @@ class LabqTask(Task):  # type: ignore[misc]
         pipe.expire(starts_key(run_id), RUN_TTL)
         pipe.exists(cancel_key(run_id))
         pipe.hexists(fenced_key(run_id), task_id)
+        queue = (self.request.delivery_info or {}).get("routing_key")
+        if settings.fair_share and queue:
+            # Counted busy from now: fair share dispatches no message for this slot.
+            Backlogs.started(pipe, self.request.hostname or "")
+            self.request.labq_busy = queue
         if rider is not None:
             rider.queue(pipe)
         replies = pipe.execute(raise_on_error=False)
@@ -240,6 +265,8 @@ class LabqTask(Task):  # type: ignore[misc]
                 raise reply
         if shared:
             stored = replies[0]
+        if settings.fair_share and queue:
+            replies.pop()
         cancelled, fenced = replies[-2:]
         if fenced:
             # Its run declared it lost (or ran it again) when its first worker

@@ -8,17 +8,16 @@ worker tree; the link-cut case needs namespaces (tests/multihost).
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 import redis
 
 import labq
 from conftest import lab_testbed, recorded, stack_settings
+from faults import kill_tree
 from labq.app import LabqCelery, create_app
 from labq.devices.lease import Leases
 from labq.embedded.stack import Stack, WorkerSpec, node_name
@@ -46,15 +45,6 @@ def app(lab: Stack) -> Iterator[LabqCelery]:
     a = create_app(lab.settings)
     yield a
     a.close()
-
-
-def kill_tree(proc_pid: int) -> None:
-    """SIGKILL a worker's main process and every process under it, at once."""
-    main = psutil.Process(proc_pid)
-    procs = [main, *main.children(recursive=True)]
-    for p in procs:
-        p.send_signal(signal.SIGKILL)
-    psutil.wait_procs(procs, timeout=10)
 
 
 def wait_running(run: labq.Run, n: int, timeout: float = 30.0) -> None:

@@ -18,8 +18,9 @@ import labq
 from conftest import SEGMENT_DEVICES
 from labq.app import LabqCelery
 from labq.client import messages, publish
+from labq.devices.testbed_yaml import load_testbed
 from labq.errors import PartialSubmit, SubmitError, TimeLimitError, UnknownDevice
-from labq.keys import RUN_KWARG, SCRIPT_KWARG
+from labq.keys import OWNER_KWARG, PRIORITY_KWARG, RUN_KWARG, SCRIPT_KWARG, backlog_key
 from tasks import device, diag
 
 QUEUES = ("labq", "lab-a", "lab-b")
@@ -107,15 +108,17 @@ def unwrap(raw: bytes) -> tuple[dict[str, Any], Any]:
     return envelope, json.loads(base64.b64decode(envelope["body"]))
 
 
-@pytest.mark.parametrize(("priority", "key_suffix"), [(None, ""), (5, "\x06\x163")])
+@pytest.mark.parametrize(("priority", "key_suffix", "routed"),
+                         [(None, "", False), (5, "\x06\x163", False), (None, "", True)])
 def test_the_raw_path_writes_kombus_bytes_and_events(lone_app: LabqCelery,
                                                       redis_client: redis.Redis,
                                                       priority: int | None,
-                                                      key_suffix: str) -> None:
+                                                      key_suffix: str, routed: bool) -> None:
     """For the same task, the raw pipeline LPUSHes the very JSON text kombu's
     producer LPUSHes (delivery tag aside), on the same priority list, and
     PUBLISHes the same task-sent event on the same channel (tag, clock and
-    timestamp aside)."""
+    timestamp aside). ``routed``: with the routing key the device router
+    adds beside the queue."""
     app = lone_app
     topic = "/0.celeryev/task.sent"
     pubsub = redis_client.pubsub()
@@ -129,10 +132,14 @@ def test_the_raw_path_writes_kombus_bytes_and_events(lone_app: LabqCelery,
                            soft_time_limit=5, time_limit=10, queue=queue)
         if priority is not None:
             m = dataclasses.replace(m, options={**m.options, "priority": priority})
+        if routed:
+            m = dataclasses.replace(m, options={**m.options, "routing_key": queue})
         return m
 
     try:
         clock0 = app.clock.value
+        with app.producer_or_acquire() as producer:
+            assert publish.wire_for(app, producer, [one(True)]) is not None  # the raw path runs
         publish.publish(app, [one(True)], raw=True)
         publish.publish(app, [one(False)], raw=False)
         assert redis_client.keys(f"{queue}*") == [(queue + key_suffix).encode()]
@@ -223,12 +230,12 @@ def test_a_failure_mid_batch_names_what_was_queued(lone_app: LabqCelery,
     if path == "raw":
         add = publish.Wire.add
 
-        def add_then_refuse(self: publish.Wire, pipe: Any, part: Any) -> None:
+        def add_then_refuse(self: publish.Wire, pipe: Any, part: Any, sink: Any = None) -> None:
             nonlocal calls
             calls += 1
             if calls == 2:  # the second chunk of 3
                 redis_client.config_set("maxmemory", 1)
-            add(self, pipe, part)
+            add(self, pipe, part, sink)
 
         monkeypatch.setattr(publish.Wire, "add", add_then_refuse)
     else:
@@ -255,7 +262,10 @@ def test_a_failure_mid_batch_names_what_was_queued(lone_app: LabqCelery,
     assert len(err.queued) == 3 and len(err.uncertain) == 3 and len(err.unsent) == 2
     assert err.queued[0] in str(err) and "uncertain" in str(err)
     assert [o.task_id for o in run.outcomes] == err.queued
-    queued = [json.loads(raw)["headers"]["id"] for raw in redis_client.lrange("labq", 0, -1)]
+    # On the queue, or in the run's fair-share backlog for it (no worker takes them).
+    raws = [*redis_client.lrange("labq", 0, -1),
+            *redis_client.lrange(backlog_key("labq", run.id), 0, -1)]
+    queued = [json.loads(raw)["headers"]["id"] for raw in raws]
     assert sorted(queued) == sorted(err.queued)
 
 
@@ -268,10 +278,13 @@ def test_run_submit_publishes_what_send_task_publishes(lone_app: LabqCelery,
     try:
         redis_client.delete("labq")
         task_id = run.submit(diag.echo, "ä", soft_time_limit=5, time_limit=10)
-        body = {RUN_KWARG: run.id, SCRIPT_KWARG: run.script}
+        body = {RUN_KWARG: run.id, SCRIPT_KWARG: run.script, OWNER_KWARG: run.owner,
+                PRIORITY_KWARG: "normal"}
         app.send_task(diag.echo.name, args=["ä"], kwargs=body, task_id=task_id, queue="labq",
                       soft_time_limit=5, time_limit=10)
-        kombu_text, raw_text = redis_client.lrange("labq", 0, -1)
+        # No worker: the run's message waits in its fair-share backlog, as it would be queued.
+        (kombu_text,), (raw_text,) = (redis_client.lrange("labq", 0, -1),
+                                      redis_client.lrange(backlog_key("labq", run.id), 0, -1))
     finally:
         run.close()
         redis_client.delete("labq")
@@ -281,3 +294,27 @@ def test_run_submit_publishes_what_send_task_publishes(lone_app: LabqCelery,
         kombu_text
     assert raw_body[0] == ["ä"] and raw_body[1] == body
     assert [o.status for o in run.outcomes] == [labq.Status.QUEUED]
+
+
+def test_flower_sees_each_tasks_owner_and_priority(lone_app: LabqCelery,
+                                                    redis_client: redis.Redis) -> None:
+    """The kwargs repr Flower shows carries the run's owner and priority, for
+    plain tasks and device tasks alike (after the device and the run)."""
+    run = labq.Run("tagged", app=lone_app, progress=False, owner="ana", priority="high")
+    # Any device of the app's own testbed, on whatever queue it names.
+    testbed = load_testbed(lone_app.labq_settings.testbed)
+    target = next(iter(testbed.devices.values()))
+    try:
+        run.submit(diag.echo, 1)
+        run.submit(device.execute, device=target.name, command="show clock")
+        texts = [t for q in {"labq", target.queue or "labq"}
+                 for t in redis_client.lrange(backlog_key(q, run.id), 0, -1)]
+    finally:
+        run.close()
+    reprs = [json.loads(t)["headers"]["kwargsrepr"] for t in texts]
+    assert len(reprs) == 2
+    for shown in reprs:
+        assert "'labq_owner': 'ana'" in shown and "'labq_priority': 'high'" in shown, shown
+    device_repr = next(r for r in reprs if "'device'" in r)
+    assert device_repr.index("'device'") < device_repr.index("'labq_run'") \
+        < device_repr.index("'labq_owner'") < device_repr.index("'labq_priority'")

@@ -13,11 +13,10 @@ when the visibility timeout hands their message out again.
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -25,9 +24,9 @@ import redis
 
 import labq
 from conftest import stack_settings
-from labq.embedded.redis_server import RedisServer
+from faults import restart_redis
 from labq.embedded.stack import Stack, WorkerSpec, node_name
-from labq.keys import fenced_key, starts_key
+from labq.keys import fenced_key
 from tasks import diag
 
 
@@ -44,26 +43,6 @@ def lab(tmp_path: Path) -> Iterator[Stack]:
 def unacked_ids(client: redis.Redis) -> set[str]:
     """Task ids of the messages kombu's ack emulation still holds."""
     return {json.loads(raw)[0]["headers"]["id"] for raw in client.hvals("unacked")}
-
-
-def restart_redis(lab: Stack, after_starts: int, run_id: str, down: float,
-                  record: dict[str, datetime]) -> None:
-    """Once ``after_starts`` tasks of the run have started: SIGTERM Redis,
-    wait ``down`` seconds, start it again on the same data dir and port."""
-    old = lab.redis
-    assert old is not None and old.process is not None
-    probe = redis.Redis.from_url(old.url, socket_timeout=5)
-    deadline = time.monotonic() + 60
-    while probe.hlen(starts_key(run_id)) < after_starts and time.monotonic() < deadline:
-        time.sleep(0.05)
-    probe.close()
-    record["term"] = datetime.now(timezone.utc)
-    old.process.send_signal(signal.SIGTERM)
-    old.process.wait(timeout=30)
-    time.sleep(down)
-    lab.redis = RedisServer(data_dir=old.data_dir, port=old.port, password=old.password,
-                            binary=old.binary).start()
-    record["back"] = datetime.now(timezone.utc)
 
 
 def test_queued_tasks_survive_a_redis_restart(lab: Stack) -> None:

@@ -17,6 +17,7 @@ PACKAGE = ROOT / "labq"
 RANKS = {
     "base": 0,  # settings, errors, keys, outcome, redis_client
     "devices": 1,
+    "fairshare": 1,
     "worker": 2,
     "app": 3,
     "client": 4,
@@ -74,7 +75,7 @@ def test_the_top_level_holds_only_what_every_layer_shares() -> None:
     top = {p.stem for p in PACKAGE.glob("*.py")}
     assert top == TOP_LEVEL
     packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
-    assert packages == {"client", "worker", "devices", "ops", "embedded"}
+    assert packages == {"client", "worker", "devices", "fairshare", "ops", "embedded"}
     for name in packages:  # each says what its layer is
         assert ast.get_docstring(ast.parse((PACKAGE / name / "__init__.py").read_text()))
 

@@ -108,3 +108,35 @@ def test_only_misspelt_labq_variables_are_reported() -> None:
            "LABQ_LAB_PASSWORD": "a testbed's own %ENV", "LABQ_WORKER_TTLL": "5", "PATH": "/bin"}
     assert unknown_env(env) == {"LABQ_CONCURENCY": "LABQ_CONCURRENCY",
                                 "LABQ_WORKER_TTLL": "LABQ_WORKER_TTL"}
+
+
+def test_priorities_parse_by_name_and_refuse_others_by_value() -> None:
+    from labq import Priority, SubmitError
+
+    assert Priority.parse("HIGH") is Priority.HIGH
+    assert Priority.parse(Priority.LOW) is Priority.LOW
+    assert [p.rank for p in Priority] == [0, 1, 2]
+    for bad in ("urgent", 3, None):
+        with pytest.raises(SubmitError, match=repr(bad)):
+            Priority.parse(bad)
+
+
+def test_durations_take_units_and_refuse_what_is_not_one() -> None:
+    from labq.settings import parse_duration
+
+    assert parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400
+    assert parse_duration(90) == 90 and parse_duration("2h") == 7200
+    for bad in ("-5m", "soon", "0", "", "5x", -1, True):
+        with pytest.raises(ConfigError, match="--for"):
+            parse_duration(bad, "--for")
+
+
+def test_fair_share_settings_are_checked() -> None:
+    assert Settings(fair_share=False).fair_share is False
+    with pytest.raises(ConfigError, match="LABQ_FAIR_CREDIT"):
+        Settings(fair_credit=-1)
+    with pytest.raises(ConfigError, match="LABQ_PRIORITY_AGE"):
+        Settings(priority_age=0)
+    assert Settings().replace(fair_share="off").fair_share is False
+    with pytest.raises(ConfigError, match="LABQ_FAIR_SHARE"):
+        Settings().replace(fair_share="maybe")
