@@ -19,6 +19,7 @@ import click
 
 from labq.embedded.sim.command import sim as sim_command
 from labq.errors import LabqError
+from labq.ops.reservation_commands import COMMANDS as RESERVATION_COMMANDS
 from labq.settings import Settings
 
 #: The program's name, as its error lines start.
@@ -351,6 +352,8 @@ def cancel(ctx: Context, run_id: str, grace: float | None, broker: str | None) -
 
 
 main.add_command(sim_command)
+for _command in RESERVATION_COMMANDS:
+    main.add_command(_command)
 
 
 def run() -> None:

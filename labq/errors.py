@@ -25,6 +25,7 @@
     ├── TaskCancelled           raised in a task whose run was cancelled
     ├── SoftTimeout             raised in a device task at its soft limit
     ├── UnknownRun              no run, or more than one, has that id (prefix)
+    ├── ReservationError        a reservation refused: busy (--no-wait), none, not your token
     └── RunError                what a run raises to the testscript (``outcomes``)
         ├── TaskFailed          a pcall call failed
         └── RunTimeout          a run or pcall reached its timeout
@@ -308,6 +309,13 @@ class UnknownRun(LabqError):
     """``labq cancel`` (or another lookup by run id) found no run whose id
     starts with the given text, or more than one. The message names the
     text and the candidates."""
+
+
+class ReservationError(LabqError):
+    """A person's reservation could not be made, released or extended: the
+    device is busy and ``--no-wait`` was given, it holds no reservation, or
+    the token given is not the reservation's (``--force`` overrides). Names
+    the device, the reservation and its owner."""
 
 
 class RunError(LabqError):

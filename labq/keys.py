@@ -28,6 +28,18 @@ key                             type    holds                                  e
 ``labq:waiting:{h}``            SET     devices ``{h}`` waits for              waiter TTL
 ``labq:devices``                SET     devices with any lease or waiter       none: members leave with
                                                                                their last lease or wait
+``labq:wait:{d}:resv``          ZSET    the people (reservations) in           with ``labq:wait:{d}``
+                                        ``labq:wait:{d}``: tasks behind one
+                                        wait
+``labq:reservations``           ZSET    reservation id -> expiry (ms)          none: members leave on
+                                                                               release or expiry
+``labq:reservations:devices``   HASH    reservation id -> JSON list of its     as ``labq:reservations``
+                                        devices (for the sweep: the lease
+                                        keys expire on their own)
+``labq:reservations:log``       STREAM  forced releases: who, when, whose      never; trimmed to 1,000
+``labq:run:{run}:holds``        HASH    task id -> JSON {id, token, devices,   ``RUN_TTL``
+                                        until}: a failed task's devices held
+                                        for the run's owner
 ``labq:waitsince:{h}``          STRING  a retried waiter's first-wait time     lease timeout + 60 s
 ``labq:parked:{h}``             HASH    a parked waiter's retry message, its   none: it leaves when
                                         queue's list, first-wait time and      woken (a message is
@@ -96,8 +108,10 @@ SCRIPT_KWARG = "labq_script"
 #: Who the run is for, and its priority: shown in Flower with the task.
 OWNER_KWARG = "labq_owner"
 PRIORITY_KWARG = "labq_priority"
+#: Seconds a failed task's devices stay reserved for the owner (absent: none).
+HOLD_KWARG = "labq_hold"
 #: Every reserved keyword argument.
-RESERVED_KWARGS = (RUN_KWARG, SCRIPT_KWARG, OWNER_KWARG, PRIORITY_KWARG)
+RESERVED_KWARGS = (RUN_KWARG, SCRIPT_KWARG, OWNER_KWARG, PRIORITY_KWARG, HOLD_KWARG)
 
 
 # -- runs ---------------------------------------------------------------------
@@ -153,7 +167,7 @@ def done_key(run_id: str) -> str:
 #: Devices with any lease or waiter, for ``labq devices`` and ``labq status``.
 DEVICES_KEY = PREFIX + "devices"
 #: Suffixes of a device's info and seen hashes; a device name must not end in one.
-RESERVED_SUFFIXES = (":info", ":seen")
+RESERVED_SUFFIXES = (":info", ":seen", ":resv")
 
 
 def lease_keys(device: str) -> tuple[str, str, str, str]:
@@ -184,6 +198,22 @@ def parked_key(holder: str) -> str:
 def watch_key(device: str) -> str:
     """The parked waiters that a change of ``device`` may serve, by first-wait time."""
     return f"{PREFIX}watch:{device}"
+
+
+#: A person's reservation holds leases as ``resv:<id>`` (the scripts test the prefix).
+RESERVATION_HOLDER = "resv:"
+#: Reservations by expiry (ms), swept by the workers.
+RESERVATIONS_KEY = PREFIX + "reservations"
+#: Reservation id -> JSON list of its devices, for the expiry sweep.
+RESERVATION_DEVICES_KEY = PREFIX + "reservations:devices"
+#: Forced releases, for the record.
+RESERVATION_LOG_KEY = PREFIX + "reservations:log"
+RESERVATION_LOG_MAXLEN = 1000
+
+
+def holds_key(run_id: str) -> str:
+    """The run's failed tasks whose devices were held for its owner (``hold_on_failure``)."""
+    return run_key(run_id, "holds")
 
 
 def wait_since_key(holder: str) -> str:

@@ -208,6 +208,7 @@ def find_testbed(testbed: Path, config_file: Path | None = None) -> Path:
 CLI_ONLY_ENV = frozenset({
     "LABQ_CONFIG", "LABQ_REDIS_PORT", "LABQ_QUEUES", "LABQ_WORKER_NAME", "LABQ_LOGLEVEL",
     "LABQ_SIM_CONTROL_PORT", "LABQ_SIM_READY_FILE", "LABQ_REDIS_PASSWORD",
+    "LABQ_OWNER", "LABQ_RESERVATION_TOKEN",
 })
 _warned: set[str] = set()
 

@@ -255,6 +255,14 @@ def hold_device(session: Session, seconds: float = 3600.0) -> dict[str, Any]:
     return _where()
 
 
+@device_task(name="tasks.diag.fail_device")
+def fail_device(session: Session, message: str = "diag device failure") -> None:
+    """Run ``show version`` on the device, then raise ``RuntimeError(message)``:
+    a device task that fails with its device leased (``hold_on_failure``)."""
+    session.execute("show version")
+    raise RuntimeError(message)
+
+
 @device_task(name="tasks.diag.tick_device", idempotent=True)
 def tick_device(session: Session, seconds: float = 5.0, tickfile: str = "") -> dict[str, Any]:
     """Hold a device session ``seconds``, appending ``tick <pid> <time>`` to

@@ -30,6 +30,7 @@ from labq.client import publish
 from labq.client.cancel import cancel_run
 from labq.client.dead_workers import check_workers, fence_stopped
 from labq.client.explain import explain
+from labq.client.held import announce_holds
 from labq.client.interrupts import sigterm_interrupts, stop_run
 from labq.client.messages import Builder, TaskMessage, build
 from labq.client.progress import Progress
@@ -46,6 +47,7 @@ from labq.client.submission import (
     task_name,
 )
 from labq.client.wire import uuid4_strings
+from labq.devices.reservations import Reservation
 from labq.errors import (
     BrokerUnavailable,
     LabqError,
@@ -57,6 +59,7 @@ from labq.errors import (
 from labq.fairshare.backlogs import Backlogs
 from labq.fairshare.priority import Priority
 from labq.keys import (
+    HOLD_KWARG,
     OWNER_KWARG,
     PRIORITY_KWARG,
     RUN_KWARG,
@@ -96,6 +99,8 @@ class Run:
         #: Seconds a failed task's devices stay reserved for the owner (None: not at all).
         self.hold_on_failure = (None if hold_on_failure is None
                                 else parse_duration(hold_on_failure, "hold_on_failure"))
+        #: Reservations made for this run's failed tasks (with their tokens).
+        self.held: list[Reservation] = []
         self._own_app = app is None
         self.app = app or create_app(settings or Settings.load())
         self.settings: Settings = self.app.labq_settings
@@ -234,10 +239,13 @@ class Run:
         return message
 
     @property
-    def _tags(self) -> dict[str, str]:
+    def _tags(self) -> dict[str, Any]:
         """The reserved keyword arguments every task of this run carries."""
-        return {RUN_KWARG: self.id, SCRIPT_KWARG: self.script, OWNER_KWARG: self.owner,
+        tags: dict[str, Any] = {RUN_KWARG: self.id, SCRIPT_KWARG: self.script, OWNER_KWARG: self.owner,
                 PRIORITY_KWARG: self.priority.value}
+        if self.hold_on_failure is not None:
+            tags[HOLD_KWARG] = self.hold_on_failure
+        return tags
 
     def _sink(self, pipe: Any, queue: str, payloads: list[str]) -> None:
         """Where the run's messages go: its fair-share backlog (labq.fairshare)."""
@@ -325,6 +333,9 @@ class Run:
             self._state.update(new)
             if new.status.final:
                 done.append(new)
+        if self.hold_on_failure is not None:
+            self.held += announce_holds(self.redis, self.id, [
+                o.task_id for o in done if o.status.final and not o.ok], self.settings.state_dir)
         fence_stopped(self._state, self.redis, done)
         done += check_workers(self._state, self.redis, self._watch, self.app.tasks,
                               self.settings.worker_ttl, self._resend)

@@ -36,6 +36,7 @@ from labq.keys import (
     DEVICES_KEY,
     PARKED_KEY,
     PREFIX,
+    RESERVATION_HOLDER,
     RESERVED_SUFFIXES,
     held_key,
     lease_keys,
@@ -117,6 +118,15 @@ class Holder:
     expires_at: float
     #: Every device the holder leased in the same step (a topology), in role order.
     devices: tuple[str, ...] = ()
+    #: A person's reservation (holder ``resv:<id>``): for whom, and why.
+    owner: str = ""
+    note: str = ""
+
+    @property
+    def reservation(self) -> str:
+        """The reservation's id if a person holds this lease, else ``""``."""
+        return self.holder[len(RESERVATION_HOLDER):] if self.holder.startswith(
+            RESERVATION_HOLDER) else ""
 
 
 @dataclass(frozen=True)
@@ -377,7 +387,8 @@ class Leases:
                 holders.append(Holder(text(flat_h[i]), str(info.get("task", "")),
                                       str(info.get("worker", "")), float(info.get("since", 0)),
                                       float(text(flat_h[i + 1])) / 1000,
-                                      tuple(str(d) for d in info.get("devices") or ())))
+                                      tuple(str(d) for d in info.get("devices") or ()),
+                                      str(info.get("owner", "")), str(info.get("note", ""))))
             waiters = [Waiter(text(flat_w[i]), i // 2 + 1, float(text(flat_w[i + 1])) / 1000)
                        for i in range(0, len(flat_w), 2)]
             out.append(DeviceLeases(text(name), holders, waiters))

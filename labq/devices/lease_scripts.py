@@ -15,6 +15,32 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function keys(d)
   return P..'lease:'..d, P..'lease:'..d..':info', P..'wait:'..d, P..'wait:'..d..':seen'
 end
+-- A person's reservation (holder 'resv:<id>') takes every session of its
+-- device; a person in a line holds up every task behind it (pwait).
+local BIG = 1000000000
+local function is_resv(h) return string.sub(h, 1, 5) == 'resv:' end
+local function pwait(d) return P..'wait:'..d..':resv' end
+local function used(d)  -- sessions in use; BIG while a person holds d
+  local hs = redis.call('ZRANGE', P..'lease:'..d, 0, -1)
+  for _, x in ipairs(hs) do if is_resv(x) then return BIG end end
+  return #hs
+end
+-- A reservation's index: id -> expiry, and id -> its devices (its lease
+-- keys vanish at the expiry, and the sweep must still wake their waiters).
+local function index_resv(h, until_, devices)
+  local id = string.sub(h, 6)
+  redis.call('ZADD', P..'reservations', until_, id)
+  redis.call('HSET', P..'reservations:devices', id, cjson.encode(devices))
+end
+local function unindex_resv(h)
+  local id = string.sub(h, 6)
+  redis.call('ZREM', P..'reservations', id); redis.call('HDEL', P..'reservations:devices', id)
+end
+local function join_line(d, h, since)
+  local _, _, wait = keys(d)
+  redis.call('ZADD', wait, since, h)
+  if is_resv(h) then redis.call('ZADD', pwait(d), since, h) end
+end
 local function keep(key, ms)  -- make key live at least ms more
   local left = redis.call('PTTL', key)
   if left == -1 or (left >= 0 and left < ms) then redis.call('PEXPIRE', key, ms) end
@@ -33,6 +59,7 @@ end
 local function unwait(d, h)
   local _, _, wait, seen = keys(d)
   local n = redis.call('ZREM', wait, h); redis.call('HDEL', seen, h)
+  redis.call('ZREM', pwait(d), h)
   redis.call('SREM', P..'waiting:'..h, d)
   if n == 1 then changed[d] = true end
   return n
@@ -50,15 +77,20 @@ end
 -- waiters ahead of it than free sessions. Young set waiters are in no line.
 local function ahead_of(d, h, since)  -- waiters before h: its rank if in line, as ACQUIRE
   local _, _, wait = keys(d)
-  return redis.call('ZRANK', wait, h) or redis.call('ZCOUNT', wait, '-inf', '(' .. since)
+  local rank = redis.call('ZRANK', wait, h) or redis.call('ZCOUNT', wait, '-inf', '(' .. since)
+  local person = redis.call('ZRANGE', pwait(d), 0, 0)
+  if #person > 0 and person[1] ~= h then
+    local r = redis.call('ZRANK', wait, person[1])
+    if r and r < rank then return BIG end
+  end
+  return rank
 end
 local function open_to(d, h, since, max)
-  local lease = keys(d)
-  return ahead_of(d, h, since) < max - redis.call('ZCARD', lease)
+  return ahead_of(d, h, since) < max - used(d)
 end
 local function free_now(d, max)  -- a newcomer would get a session of d now
-  local lease, _, wait = keys(d)
-  return redis.call('ZCARD', lease) < max and redis.call('ZCARD', wait) == 0
+  local _, _, wait = keys(d)
+  return used(d) < max and redis.call('ZCARD', wait) == 0
 end
 -- One distinct device per slot (lists of names) among those ok(d) allows,
 -- by augmenting paths: owner[d] = its slot, or nil if some slot stays empty.
@@ -173,20 +205,21 @@ end
 function tidy(d)  -- expiries follow the content; empty keys go
   if changed[d] then changed[d] = nil; wake_next(d) end
   local lease, info, wait, seen = keys(d)
-  local used = false
+  local busy = false
   local top = redis.call('ZRANGE', lease, -1, -1, 'WITHSCORES')
   if #top > 0 then
     local ms = math.max(1, tonumber(top[2]) - now)
-    redis.call('PEXPIRE', lease, ms); redis.call('PEXPIRE', info, ms); used = true
+    redis.call('PEXPIRE', lease, ms); redis.call('PEXPIRE', info, ms); busy = true
   else
     redis.call('DEL', lease, info)
   end
   if redis.call('ZCARD', wait) > 0 then
-    keep(wait, WTTL); keep(seen, WTTL); used = true
+    keep(wait, WTTL); keep(seen, WTTL); busy = true
+    if redis.call('ZCARD', pwait(d)) > 0 then keep(pwait(d), WTTL) end
   else
-    redis.call('DEL', wait, seen)
+    redis.call('DEL', wait, seen, pwait(d))
   end
-  if used then redis.call('SADD', P..'devices', d) else redis.call('SREM', P..'devices', d) end
+  if busy then redis.call('SADD', P..'devices', d) else redis.call('SREM', P..'devices', d) end
 end
 """
 
@@ -199,7 +232,10 @@ local function grant(fresh)
   redis.call('ZADD', lease, now + ttl, h)
   if fresh then
     local meta = {task = ARGV[7], worker = ARGV[8], since = now / 1000}
+    -- a person's reservation: its record comes as JSON in place of the task name
+    if is_resv(h) then meta = cjson.decode(ARGV[7]); meta.since = now / 1000 end
     redis.call('HSET', info, h, cjson.encode(meta))
+    if is_resv(h) then index_resv(h, now + ttl, {d}) end
   end
   unwait(d, h)
   redis.call('SADD', P..'held:'..h, d); keep(P..'held:'..h, ttl)
@@ -211,12 +247,12 @@ if not redis.call('ZSCORE', wait, h) then
   -- a waiter dropped as stale comes back with its first-wait time
   local since = tonumber(ARGV[9])
   if since <= 0 or since > now then since = now end
-  redis.call('ZADD', wait, since, h)
+  join_line(d, h, since)
 end
 redis.call('HSET', seen, h, now)
 -- free slots go to the earliest live waiters; a newcomer is simply the last
 local rank = redis.call('ZRANK', wait, h)
-if rank < max - redis.call('ZCARD', lease) then return grant(true) end
+if ahead_of(d, h, 0) < max - used(d) then return grant(true) end
 redis.call('SADD', P..'waiting:'..h, d); keep(P..'waiting:'..h, WTTL)
 tidy(d)
 return {0, rank + 1, redis.call('ZSCORE', wait, h), now, redis.call('ZRANGE', lease, 0, -1)}
@@ -255,17 +291,23 @@ local old = now - since >= reserve
 local free, close = {}, {}
 for _, d in ipairs(order) do
   purge(d)
-  local lease = keys(d)
   local ahead = ahead_of(d, h, since)
-  free[d] = ahead < maxof[d] - redis.call('ZCARD', lease)
+  free[d] = ahead < maxof[d] - used(d)
   close[d] = ahead < maxof[d]
 end
 local owner = match(slots, function(d) return free[d] end)
 if owner then
   local chosen = {}
   for d, s in pairs(owner) do chosen[s] = d end
-  local meta = cjson.encode({task = ARGV[5], worker = ARGV[6], since = now / 1000,
-                             devices = chosen})
+  local record = {task = ARGV[5], worker = ARGV[6]}
+  if is_resv(h) then
+    record = cjson.decode(ARGV[5])
+    local ds = {}
+    for s = 1, nslots do ds[s] = chosen[s] end
+    index_resv(h, now + ttl, ds)
+  end
+  record.since, record.devices = now / 1000, chosen
+  local meta = cjson.encode(record)
   for _, d in ipairs(order) do unwait(d, h) end
   for s = 1, nslots do
     local d = chosen[s]
@@ -283,7 +325,7 @@ local holders = {}
 for _, d in ipairs(order) do
   local lease, _, wait, seen = keys(d)
   if old and near then  -- first in line everywhere it needs: it reserves
-    if not redis.call('ZSCORE', wait, h) then redis.call('ZADD', wait, since, h) end
+    if not redis.call('ZSCORE', wait, h) then join_line(d, h, since) end
     redis.call('HSET', seen, h, now)
     redis.call('SADD', P..'waiting:'..h, d)
   else  -- behind an older waiter somewhere: it holds nobody up meanwhile
@@ -347,6 +389,7 @@ for _, d in ipairs(redis.call('SMEMBERS', P..'held:'..h)) do
 end
 for _, d in ipairs(redis.call('SMEMBERS', P..'waiting:'..h)) do unwait(d, h); tidy(d) end
 redis.call('DEL', P..'held:'..h, P..'waiting:'..h)
+if is_resv(h) then unindex_resv(h) end
 return out
 """
 
@@ -430,6 +473,77 @@ for i = 3, #ARGV do
     redis.call('DEL', P..'waiting:'..h)
     out[#out + 1] = h
   end
+end
+return out
+"""
+
+# ARGV: prefix, wttl, holder (a task), reservation holder ('resv:<id>'),
+# duration (ms), record (JSON). A failed task's live leases become a
+# person's reservation in one step, so no other task slips in between; it
+# leaves its lines. Returns the devices now reserved.
+HOLD = LUA_LIB + """
+local h, r, dur, record = ARGV[3], ARGV[4], tonumber(ARGV[5]), cjson.decode(ARGV[6])
+local out = {}
+for _, d in ipairs(redis.call('SMEMBERS', P..'held:'..h)) do
+  local lease, info = keys(d)
+  local s = redis.call('ZSCORE', lease, h)
+  if s and tonumber(s) > now then out[#out + 1] = d end
+end
+table.sort(out)
+record.since, record.devices = now / 1000, out
+for _, d in ipairs(out) do
+  local lease, info = keys(d)
+  redis.call('ZREM', lease, h); redis.call('HDEL', info, h)
+  redis.call('ZADD', lease, now + dur, r); redis.call('HSET', info, r, cjson.encode(record))
+  redis.call('SADD', P..'held:'..r, d)
+end
+for _, d in ipairs(redis.call('SMEMBERS', P..'held:'..h)) do drop_holder(d, h); tidy(d) end
+for _, d in ipairs(redis.call('SMEMBERS', P..'waiting:'..h)) do unwait(d, h); tidy(d) end
+redis.call('DEL', P..'held:'..h, P..'waiting:'..h)
+if #out > 0 then
+  keep(P..'held:'..r, dur)
+  index_resv(r, now + dur, out)
+end
+return out
+"""
+
+# ARGV: prefix, wttl, reservation holder, extra (ms). Moves every live lease
+# of the reservation ``extra`` later; returns the new expiry (ms), or 0 when
+# it holds nothing (released, or expired).
+EXTEND = LUA_LIB + """
+local r, extra, until_ = ARGV[3], tonumber(ARGV[4]), 0
+for _, d in ipairs(redis.call('SMEMBERS', P..'held:'..r)) do
+  local lease = keys(d)
+  local s = redis.call('ZSCORE', lease, r)
+  if s and tonumber(s) > now then
+    until_ = tonumber(s) + extra
+    redis.call('ZADD', lease, until_, r)
+  end
+  tidy(d)
+end
+if until_ > 0 then
+  redis.call('PEXPIRE', P..'held:'..r, until_ - now)
+  redis.call('ZADD', P..'reservations', until_, string.sub(r, 6))
+end
+return until_
+"""
+
+# ARGV: prefix, wttl, limit. Releases the reservations whose time is up, so
+# their devices' waiters are woken at once; returns their ids.
+EXPIRE_RESERVATIONS = LUA_LIB + """
+local idx, out = P..'reservations', {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', idx, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))) do
+  local r = 'resv:'..id
+  local ds = redis.call('HGET', P..'reservations:devices', id)
+  for _, d in ipairs(ds and cjson.decode(ds) or {}) do
+    drop_holder(d, r)
+    changed[d] = true  -- its lease key may have expired on its own: wake anyway
+    tidy(d)
+  end
+  for _, d in ipairs(redis.call('SMEMBERS', P..'waiting:'..r)) do unwait(d, r); tidy(d) end
+  redis.call('DEL', P..'held:'..r, P..'waiting:'..r)
+  unindex_resv(r)
+  out[#out + 1] = id
 end
 return out
 """

@@ -15,6 +15,7 @@ from labq.devices.lease import Leases
 from labq.devices.pick import Pick
 from labq.devices.testbed_yaml import load_testbed
 from labq.errors import BrokerUnavailable, ConfigError
+from labq.ops.reservation_list import holder_text, reservations_table
 from labq.ops.waiting_work import RunWaiting, waiting_table, waiting_work
 from labq.redis_client import connect, unavailable
 from labq.settings import Settings
@@ -65,7 +66,9 @@ def device_rows(settings: Settings, labels: Pick | None = None) -> list[dict[str
             "holders": [
                 {"task_id": h.holder, "task": h.task, "worker": h.worker,
                  "since": h.since, "expires_at": h.expires_at,
-                 "with": [d for d in h.devices if d != name]}
+                 "with": [d for d in h.devices if d != name],
+                 "reservation": h.reservation, "owner": h.owner, "note": h.note,
+                 "who": holder_text(h)}
                 for h in (leases.holders if leases else [])
             ],
             "waiters": [
@@ -98,7 +101,7 @@ def print_device_rows(rows: list[dict[str, Any]], console: Console | None = None
         table.add_column(col)
     for row in rows:
         holders = "\n".join(
-            f"{h['task_id'][:8]} {h['task'].rsplit('.', 1)[-1]} @ {h['worker']}, "
+            f"{h['who']}, "
             f"{now - h['since']:.0f}s, {h['expires_at'] - now:.0f}s"
             + (f"; with {', '.join(h['with'])}" if h.get("with") else "")
             for h in row["holders"])
@@ -109,5 +112,20 @@ def print_device_rows(rows: list[dict[str, Any]], console: Console | None = None
                       f"{len(row['holders'])}/{row['max_sessions'] or '?'}", holders, waiters)
     console = console or Console()
     console.print(table)
+    console.print(reservations_table(_reservations(rows)))
     if waiting is not None:
         console.print(waiting_table(waiting))
+
+
+def _reservations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reservations among the rows' holders, one row each."""
+    now, found = time.time(), dict[str, dict[str, Any]]()
+    for row in rows:
+        for h in row["holders"]:
+            if h["reservation"]:
+                r = found.setdefault(h["reservation"], {
+                    "id": h["reservation"], "devices": [], "owner": h["owner"],
+                    "note": h["note"], "until": h["expires_at"],
+                    "left": round(h["expires_at"] - now, 1)})
+                r["devices"].append(row["device"])
+    return sorted(found.values(), key=lambda r: (r["until"], r["id"]))

@@ -48,6 +48,7 @@ from labq.keys import (
     fenced_key,
     starts_key,
 )
+from labq.ops.reservation_list import from_leases, holder_text, reservations_table
 from labq.ops.waiting_work import RunWaiting, waiting_table, waiting_work
 from labq.redis_client import unavailable
 from labq.settings import Settings, mask_url
@@ -129,6 +130,7 @@ class LabStatus:
             "tasks": [{**asdict(t), "state": t.state.value, "age": round(at - t.since, 3)}
                       for t in self.tasks],
             "leases": [asdict(d) for d in self.leases],
+            "reservations": from_leases(self.leases),
             "waiting": [asdict(w) for w in self.waiting],
             "notes": list(self.notes),
         }
@@ -367,7 +369,7 @@ def render(status: LabStatus) -> Group:
         leases.add_column(col)
     for d in status.leases[:SCREEN_ROWS]:
         holders = "\n".join(
-            f"{h.holder[:8]} {_short(h.task)} @ {h.worker}, {_age(at - h.since)}, "
+            f"{holder_text(h)}, {_age(at - h.since)}, "
             f"{_age(h.expires_at - at)}" for h in d.holders) or "-"
         waiters = ", ".join(f"{w.position}:{w.holder[:8]} ({_age(at - w.since)})"
                             for w in d.waiters) or "-"
@@ -375,7 +377,8 @@ def render(status: LabStatus) -> Group:
     notes = [Text(n, style="yellow") for n in status.notes]
     return Group(_more(workers, len(status.workers)), _more(queues, len(status.queues)),
                  waiting_table(status.waiting, SCREEN_ROWS),
-                 _more(tasks, len(status.tasks)), _more(leases, len(status.leases)), *notes)
+                 _more(tasks, len(status.tasks)), _more(leases, len(status.leases)),
+                 reservations_table(from_leases(status.leases)), *notes)
 
 
 def print_status(status: LabStatus, console: Console | None = None) -> None:

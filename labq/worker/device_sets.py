@@ -46,11 +46,13 @@ log = logging.getLogger(__name__)
 
 def run_on_devices(task: Any, ctx: Any, func: Callable[..., Any],
                    roles: Mapping[str, str | Pick], kwargs: dict[str, Any], *,
-                   release: Callable[[Leases, str], None], poll: float) -> Any:
+                   release: Callable[[Leases, str, BaseException | None], object],
+                   poll: float) -> Any:
     """Lease a device for every role, call ``func(*sessions, **kwargs)``, release.
 
-    ``release(leases, holder)`` frees every lease of ``holder`` (with the
-    task's stored end where it can ride); ``ctx`` is the worker context
+    ``release(leases, holder, failure)`` frees every lease of ``holder``
+    (with the task's stored end where it can ride), or holds them after a
+    ``failure`` (:mod:`labq.worker.holds`); ``ctx`` is the worker context
     (``testbed``, ``leases``, ``device()``).
     """
     settings = task.app.labq_settings
@@ -68,6 +70,7 @@ def run_on_devices(task: Any, ctx: Any, func: Callable[..., Any],
         ctx.leases.release_all(holder)  # a failure or an interrupt leaves every line
         raise
     chosen = dict(zip(found.roles, grant.devices, strict=True))
+    failure: BaseException | None = None
     try:
         note = getattr(task, "note_devices", None)
         if note is not None:
@@ -76,8 +79,11 @@ def run_on_devices(task: Any, ctx: Any, func: Callable[..., Any],
             for g in grant.grants():
                 renewing.enter_context(Renewer(ctx.leases, g))
             return _call(ctx, func, chosen, kwargs, task.connect_timeout)
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
-        release(ctx.leases, holder)
+        release(ctx.leases, holder, failure)
 
 
 def _call(ctx: Any, func: Callable[..., Any], chosen: Mapping[str, str],

@@ -52,6 +52,7 @@ from labq.keys import wait_since_key
 from labq.redis_client import connect
 from labq.worker import device_sets
 from labq.worker.backend import LabqRedisBackend, Rider
+from labq.worker.holds import hold_after
 from labq.worker.killing import KillingRequest
 from labq.worker.parking import park, wake_in
 from labq.worker.task_base import LabqTask
@@ -237,7 +238,8 @@ def device_task(
                 return _run_on_device(self, func, chosen["device"], kwargs)
             return device_sets.run_on_devices(
                 self, worker_context(self.app), func, chosen, kwargs, release=
-                lambda leases, holder: _release_all(self, leases, holder), poll=POLL)
+                lambda leases, holder, failure: _end_all(self, leases, holder, failure),
+                poll=POLL)
 
         run.__name__ = func.__name__
         run.__doc__ = func.__doc__
@@ -274,6 +276,7 @@ def _run_on_device(task: DeviceTask, func: Callable[..., Any], device: str,
     # Called as a plain function, the task runs here, under a one-off holder name.
     holder = task.request.id or f"direct-{uuid.uuid4().hex}"
     grant = _take_lease(task, ctx.leases, dev.name, dev.max_sessions, holder)
+    failure: BaseException | None = None
     try:
         with Renewer(ctx.leases, grant):
             session = open_session(dev, task.connect_timeout)
@@ -287,8 +290,12 @@ def _run_on_device(task: DeviceTask, func: Callable[..., Any], device: str,
                                      pending.command if pending else None) from exc
             finally:
                 session.close()
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
-        _release(task, ctx.leases, dev.name, holder)
+        if not hold_after(task, ctx.leases, holder, failure):
+            _release(task, ctx.leases, dev.name, holder)
 
 
 def _rides_with_result(task: DeviceTask) -> bool:
@@ -324,6 +331,13 @@ def _release_all(task: DeviceTask, leases: Leases, holder: str) -> None:
         queue=lambda pipe: leases.queue_release_all(pipe, holder),
         fallback=lambda: leases.release_all(holder),
     ))
+
+
+def _end_all(task: DeviceTask, leases: Leases, holder: str,
+             failure: BaseException | None) -> None:
+    """Hold ``holder``'s leases after a failure its run asked to hold for, else release them."""
+    if not hold_after(task, leases, holder, failure):
+        _release_all(task, leases, holder)
 
 
 def _take_lease(task: DeviceTask, leases: Leases, device: str, max_sessions: int,

@@ -35,6 +35,7 @@ from kombu.messaging import Producer
 from kombu.transport import redis as kombu_redis
 
 from labq.devices.lease import Leases
+from labq.devices.reservations import Reservations
 from labq.keys import starts_key
 from labq.redis_client import connect
 
@@ -142,12 +143,14 @@ def park(task: Any, leases: Leases, own: Slots, since: float, wake_in: float,
 
 
 class Waker:
-    """Wakes parked waiters that are due, every :data:`SWEEP_EVERY` seconds,
-    from a daemon thread of the worker's main process."""
+    """Wakes parked waiters that are due and releases reservations whose
+    time is up, every :data:`SWEEP_EVERY` seconds, from a daemon thread of
+    the worker's main process."""
 
     def __init__(self, leases: Leases, hostname: str,
                  refill: Callable[[], int] | None = None) -> None:
         self.leases = leases
+        self.reservations = Reservations(leases.client, leases)
         #: Also dispatch fair-share backlogs onto this worker's queues.
         self.refill = refill
         self._stop = threading.Event()
@@ -171,6 +174,9 @@ class Waker:
                 except Exception as exc:  # Redis away: the next sweep tries again
                     log.debug("fair-share refill failed: %s", exc)
             try:
+                ended = self.reservations.expire()
+                if ended:
+                    log.info("reservations %s expired: their devices are free", ", ".join(ended))
                 woken = self.leases.wake_due()
             except Exception as exc:  # Redis away: the next sweep tries again
                 log.debug("waking parked waiters failed: %s", exc)

@@ -29,7 +29,9 @@ from labq.errors import SoftTimeout, TaskCancelled
 from labq.fairshare.backlogs import Backlogs
 from labq.keys import (
     DONE_STREAM_MAXLEN,
+    HOLD_KWARG,
     LOG_STREAM_MAXLEN,
+    OWNER_KWARG,
     RESERVED_KWARGS,
     RUN_KWARG,
     RUN_TTL,
@@ -155,6 +157,10 @@ class LabqTask(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         run_id = kwargs.pop(RUN_KWARG, None)
+        # What a failure's hold needs (labq.worker.holds), kept off the function's kwargs.
+        self.request.labq_hold = kwargs.get(HOLD_KWARG)
+        self.request.labq_owner = kwargs.get(OWNER_KWARG)
+        self.request.labq_run_id = run_id
         for reserved in RESERVED_KWARGS:
             kwargs.pop(reserved, None)
         if getattr(self.request, "called_directly", True):

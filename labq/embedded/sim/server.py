@@ -16,11 +16,16 @@ import contextlib
 import hmac
 import logging
 import socket
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncssh
+# cryptography 46+ warns at asyncssh's import that DSA is deprecated; the
+# sim offers no DSA keys, and the warning would land in every labq command.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="DSA is deprecated")
+    import asyncssh
 
 from labq.devices.testbed import Connection, Device, Testbed
 from labq.devices.testbed_yaml import as_testbed
