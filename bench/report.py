@@ -133,17 +133,28 @@ def overhead_block() -> str:
     p, s = d["params"], d["summary"]
     lines = [where(d), "",
              f"{p['tasks']} x `{p['task']}`, workers {p['workers']} slots.", "",
-             "| round | labq tasks/s | celery group tasks/s | labq / celery |", "|---|---|---|---|"]
+             "| round | labq tasks/s | celery group tasks/s | labq without fair share tasks/s "
+             "| labq / celery | with / without fair share |", "|---|---|---|---|---|---|"]
     for r in d["rounds"]:
         lines.append(f"| {r['round']} | {r['A']['tasks_per_s']:.0f} | {r['B']['tasks_per_s']:.0f} "
-                     f"| {_f(r['ratio'], 3)} |")
+                     f"| {r['C']['tasks_per_s']:.0f} | {_f(r['ratio'], 3)} "
+                     f"| {_f(r['fair_over_fifo'], 3)} |" if "C" in r else
+                     f"| {r['round']} | {r['A']['tasks_per_s']:.0f} | {r['B']['tasks_per_s']:.0f} "
+                     f"| - | {_f(r['ratio'], 3)} | - |")
     verdict = "met" if s["meets_target"] else "missed"
     lines += ["", f"**labq / celery = {_mmm(s['ratio'])}; target >= 0.90: {verdict}.** "
                   f"Medians: labq {s['A_tasks_per_s']['median']:.0f} tasks/s, Celery "
                   f"{s['B_tasks_per_s']['median']:.0f} tasks/s."]
+    if "fair_over_fifo" in s:
+        lines += ["", f"**Fair share's cost: labq with / without it = "
+                      f"{_mmm(s['fair_over_fifo'])}** (without it {s['C_tasks_per_s']['median']:.0f} "
+                      f"tasks/s, {_f(s['fifo_ratio']['median'], 3)} x Celery)."]
     cpu_a = _avg([r["A"]["cpu"] for r in d["rounds"]])
     cpu_b = _avg([r["B"]["cpu"] for r in d["rounds"]])
     lines += ["", "CPU seconds per run (mean): labq " + _cpu(cpu_a) + "; celery " + _cpu(cpu_b) + "."]
+    if all("C" in r for r in d["rounds"]):
+        lines[-1] = lines[-1][:-1] + "; labq without fair share " + _cpu(
+            _avg([r["C"]["cpu"] for r in d["rounds"]])) + "."
     return "\n".join(lines)
 
 
@@ -267,12 +278,21 @@ def fairshare_block() -> str:
              f"Run A: {p['backlog']} tasks of {p['seconds']:g} s on one worker of "
              f"{p['slots']} slots; run B: {p['small']} of the same, {p['delay']:g} s later. "
              f"A's backlog is {_f(sm['backlog_s'], 0)} s of the worker's time.", "",
-             "| round | B alone | B behind A | ratio |", "|---|---|---|---|"]
+             "| round | B alone | B behind A, fair share | ratio | A's tasks done meanwhile "
+             "| B behind A, FIFO | ratio |", "|---|---|---|---|---|---|---|"]
     for r in d["rounds"]:
         lines.append(f"| {r['round']} | {_f(r['idle'])} s | {_f(r['behind'])} s | "
+                     f"{_f(r['ratio'], 2)} | {r.get('a_done', '-')} | "
+                     f"{_f(r['fifo'])} s | {_f(r['fifo_ratio'], 1)} |" if "fifo" in r else
+                     f"| {r['round']} | {_f(r['idle'])} s | - | - | - | {_f(r['behind'])} s | "
                      f"{_f(r['ratio'], 1)} |")
-    lines += ["", f"**B behind A / B alone = {_f(sm['ratio']['median'], 1)} (issue 15's "
-                  f"target: <= {_f(sm['target_ratio'], 1)}; no fair share yet).**"]
+    met = sm["ratio"]["median"] <= sm["target_ratio"]
+    if "fifo_ratio" in sm:
+        lines += ["", f"**B behind A / B alone with fair share = {_mmm(sm['ratio'])} (issue 15's "
+                      f"target: <= {_f(sm['target_ratio'], 1)}: {'met' if met else 'missed'}); "
+                      f"without it (FIFO) {_f(sm['fifo_ratio']['median'], 1)}.**"]
+    else:
+        lines += ["", f"**B behind A / B alone = {_f(sm['ratio']['median'], 1)} (no fair share).**"]
     return "\n".join(lines)
 
 

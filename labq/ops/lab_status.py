@@ -355,7 +355,7 @@ def render(status: LabStatus) -> Group:
     tasks = Table(title="tasks taken by workers", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("id", "task @ device", "run (owner, priority)", "state", "slot", "age"):
         # A narrow terminal folds the run id; every other cell stays whole.
-        tasks.add_column(col, no_wrap=col != "run", overflow="fold")
+        tasks.add_column(col, no_wrap=not col.startswith("run"), overflow="fold")
     styles = {TaskState.RUNNING: "green", TaskState.RESERVED: "dim",
               TaskState.ORPHANED: "bold red", TaskState.LOST: "red"}
     for t in status.tasks[:SCREEN_ROWS]:

@@ -80,7 +80,7 @@ GROUPS: tuple[tuple[str, dict[str, str]], ...] = (
         "redis_tls_cert": "", "redis_tls_key": "",
         "redis_retry_timeout": "Seconds a run keeps retrying its reads while Redis restarts.",
     }),
-    ("Fair share between runs (docs/architecture.md, \"Fair share\").", {
+    ("Fair share between runs (README, \"A shared lab\").", {
         "fair_share": "A run's tasks wait in its own backlog and the queue's slots go round-\n"
                       "robin between runs; false: each queue is first in, first out.",
         "fair_credit": "Turns a run that starts waiting may take in a row before runs alternate.",

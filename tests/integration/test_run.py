@@ -20,6 +20,7 @@ from conftest import FREE_DEVICES, SEGMENT_DEVICES
 from labq.app import LabqCelery, create_app
 from labq.embedded.processes import spawn, stop_tree
 from labq.embedded.stack import Stack, child_env, worker_argv
+from labq.keys import backlog_key
 from tasks import diag
 
 
@@ -131,10 +132,14 @@ def test_cancel_is_durable_across_a_worker_that_starts_later(stack: Stack, tmp_p
     run = labq.Run("durable", app=app, progress=False)
     ids = [run.submit(diag.sleep, seconds=0.1) for _ in range(5)]
     client = redis.Redis.from_url(settings.broker_url)
-    messages = client.lrange("durable-cancel", 0, -1)
+    # With no worker's slot free they wait in the run's fair-share backlog.
+    backlog = backlog_key("durable-cancel", run.id)
+    messages = client.lrange("durable-cancel", 0, -1) + client.lrange(backlog, 0, -1)
+    assert len(messages) == 5
     outcomes = run.cancel()
     assert {o.status for o in outcomes} == {labq.Status.CANCELLED}
-    assert client.llen("durable-cancel") == 0  # the cancel took them off the queue
+    # The cancel took them off the queue and out of the backlog.
+    assert client.llen("durable-cancel") == 0 and client.llen(backlog) == 0
     # Put them back, as a broker restoring unacked messages would.
     client.rpush("durable-cancel", *messages)
     # Without mingle the new worker learns nothing of the revokes the others
