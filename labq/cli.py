@@ -356,11 +356,12 @@ for _command in RESERVATION_COMMANDS:
     main.add_command(_command)
 
 
-def run() -> None:
+def run(argv: list[str] | None = None) -> None:
     """Console entry point: every error, labq's or click's, is one line
-    ``labq: error: ...`` and exit status 2."""
+    ``labq: error: ...`` and exit status 2. ``argv``: the arguments (default
+    ``sys.argv[1:]``)."""
     try:
-        main(standalone_mode=False)
+        main(args=argv, standalone_mode=False)
     except LabqError as exc:
         click.echo(f"{PROG}: error: {exc}", err=True)
         sys.exit(2)

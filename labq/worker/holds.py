@@ -25,7 +25,7 @@ from celery.exceptions import Ignore, Retry
 from labq.devices.lease import Leases
 from labq.devices.reservations import Reservations
 from labq.errors import TaskCancelled
-from labq.keys import RUN_TTL, holds_key
+from labq.keys import RUN_TTL, cancel_key, holds_key
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,13 @@ def hold_after(task: Any, leases: Leases, holder: str, failure: BaseException | 
         return False
     owner = str(getattr(task.request, "labq_owner", None) or "unknown")
     run_id = getattr(task.request, "labq_run_id", None)
+    try:
+        # A cancel interrupts with the soft limit's signal: that is no failure.
+        if run_id and leases.client.exists(cancel_key(run_id)):
+            return False
+    except Exception as exc:
+        log.warning("task %s: could not read its run's cancel flag (%s); releasing", holder, exc)
+        return False
     note = (f"held after task {holder} ({task.name}) failed: "
             f"{type(failure).__name__}: {str(failure)[:120]}")
     try:

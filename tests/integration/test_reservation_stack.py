@@ -7,11 +7,10 @@ import getpass
 import json
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,12 @@ import redis
 
 import labq
 from conftest import POOLS, SEGMENT_DEVICES
+from labq import cli
 from labq.app import LabqCelery
+from labq.devices.lease import Leases
 from labq.devices.reservations import Reservations
 from labq.embedded.stack import Stack
 from tasks import diag, topology
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
@@ -56,7 +55,7 @@ def test_reserved_devices_are_untouched_until_they_expire_then_served(
     names = SEGMENT_DEVICES["lab-a"][:5]
     spines = POOLS[("lab-a", "spine")]
     mine = rnd.choice(names)
-    store.reserve([[mine], [spines[0]]], owner="ana", note="property", seconds=6, wait=False)
+    store.reserve([[mine], [spines[0]]], owner="ana", note="property", seconds=5, wait=False)
     stack.sim.reset()
     start = time.time()
     orders = [names[:], names[::-1]]
@@ -80,7 +79,7 @@ def test_reserved_devices_are_untouched_until_they_expire_then_served(
         r.close()
     assert len(outcomes) == 60
     assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok][:3]
-    ended = start + 6
+    ended = start + 5
     for device in (mine, spines[0]):
         early = [t for t in opens(stack, device) if t < ended - 0.05]
         assert not early, f"{device} opened {len(early)} sessions while reserved (seed {seed})"
@@ -124,60 +123,108 @@ def test_hold_on_failure_keeps_the_device_for_the_owner_and_tasks_wait(
     assert first - released < 2.0
 
 
-def labq_cli(stack: Stack, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **stack.settings.replace(state_dir=tmp).to_env(), "LABQ_OWNER": "ana"}
-    return subprocess.run([sys.executable, "-m", "labq", *args], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=60)
+def test_a_cancelled_run_holds_nothing(stack: Stack, app: LabqCelery,
+                                        store: Reservations) -> None:
+    """A cancel interrupts with the soft limit's signal: its tasks did not
+    fail, so hold_on_failure keeps none of their devices."""
+    device = SEGMENT_DEVICES["lab-b"][5]
+    run = labq.Run("cancelled-hold", app=app, progress=False, logs=False, hold_on_failure="1h")
+    try:
+        run.submit(topology.hold, device=device, seconds=30)
+        end = time.monotonic() + 30
+        while run.outcomes[0].status is not labq.Status.RUNNING:
+            assert time.monotonic() < end, "the task never started"
+            time.sleep(0.1)
+            run.refresh()
+        time.sleep(1.0)  # its session is open
+        (outcome,) = run.cancel(grace=5)
+        assert outcome.status is labq.Status.CANCELLED
+    finally:
+        run.close()
+    assert store.on(device) is None and run.held == []
+    assert Leases(store.client).holders(device) == []
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture()
+def labq_cli(stack: Stack, monkeypatch: pytest.MonkeyPatch,
+             capsys: pytest.CaptureFixture[str]) -> Callable[..., Ran]:
+    """``labq ARGS`` in this process (``labq.cli.run``, the console entry
+    point), from the directory ``tmp``, with the stack's settings as LABQ_*."""
+
+    def call(tmp: Path, *args: str) -> Ran:
+        for name in [k for k in os.environ if k.startswith("LABQ_")]:
+            monkeypatch.delenv(name)
+        for name, value in {**stack.settings.replace(state_dir=tmp).to_env(),
+                            "LABQ_OWNER": "ana"}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.chdir(tmp)
+        capsys.readouterr()
+        try:
+            cli.run(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out = capsys.readouterr()
+        return Ran(code, out.out, out.err)
+
+    return call
 
 
 def test_the_cli_reserves_lists_extends_and_releases_with_the_kept_token(
-        stack: Stack, store: Reservations, tmp_path: Path) -> None:
+        store: Reservations, tmp_path: Path, labq_cli: Callable[..., Ran]) -> None:
     device = SEGMENT_DEVICES["lab-b"][7]
-    out = labq_cli(stack, tmp_path, "reserve", device, "--for", "10m", "--note", "BGP flap")
+    out = labq_cli(tmp_path, "reserve", device, "--for", "10m", "--note", "BGP flap")
     assert out.returncode == 0, out.stderr
     assert f"reserved {device} for ana until" in out.stdout and "token: " in out.stdout
     kept = json.loads((tmp_path / "reservations.json").read_text())
     assert [v["devices"] for v in kept.values()] == [[device]]
 
-    listing = labq_cli(stack, tmp_path, "reservations", "--json")
+    listing = labq_cli(tmp_path, "reservations", "--json")
     (row,) = json.loads(listing.stdout)["reservations"]
     assert (row["devices"], row["owner"], row["note"]) == ([device], "ana", "BGP flap")
-    table = labq_cli(stack, tmp_path, "reservations").stdout
+    table = labq_cli(tmp_path, "reservations").stdout
     assert device in table and "BGP flap" in table
-    assert device in labq_cli(stack, tmp_path, "devices").stdout.split("reservations")[-1]
-    status = json.loads(labq_cli(stack, tmp_path, "status", "--json").stdout)
+    assert device in labq_cli(tmp_path, "devices").stdout.split("reservations")[-1]
+    status = json.loads(labq_cli(tmp_path, "status", "--json").stdout)
     assert [r["devices"] for r in status["reservations"]] == [[device]]
 
-    busy = labq_cli(stack, tmp_path, "reserve", device, "--for", "1m", "--no-wait")
+    busy = labq_cli(tmp_path, "reserve", device, "--for", "1m", "--no-wait")
     assert busy.returncode == 2 and busy.stderr.startswith("labq: error: ")
     assert "busy" in busy.stderr and "--no-wait" in busy.stderr
 
     other = tmp_path / "elsewhere"
     other.mkdir()
-    refused = labq_cli(stack, other, "release", device)
+    refused = labq_cli(other, "release", device)
     assert refused.returncode == 2
     assert f"'{device}' is reserved by 'ana'" in refused.stderr and "--force" in refused.stderr
     assert store.on(device) is not None  # nothing changed
 
     before = store.on(device)
     assert before is not None
-    longer = labq_cli(stack, tmp_path, "extend", device, "--for", "30m")
+    longer = labq_cli(tmp_path, "extend", device, "--for", "30m")
     assert longer.returncode == 0, longer.stderr
     after = store.on(device)
     assert after is not None and after.expires_at == pytest.approx(before.expires_at + 1800, abs=2)
 
-    done = labq_cli(stack, tmp_path, "release", device)
+    done = labq_cli(tmp_path, "release", device)
     assert done.returncode == 0, done.stderr
     assert store.on(device) is None
 
 
-def test_a_forced_release_is_logged_and_shown(stack: Stack, store: Reservations,
-                                              tmp_path: Path) -> None:
+def test_a_forced_release_is_logged_and_shown(store: Reservations, tmp_path: Path,
+                                              labq_cli: Callable[..., Ran]) -> None:
     device = SEGMENT_DEVICES["lab-b"][8]
     store.reserve([[device]], owner="bob", note="soak test", seconds=600, wait=False)
-    out = labq_cli(stack, tmp_path, "release", device, "--force")
+    out = labq_cli(tmp_path, "release", device, "--force")
     assert out.returncode == 0 and "forced; logged" in out.stdout
-    forced = json.loads(labq_cli(stack, tmp_path, "reservations", "--json").stdout)["forced"]
+    forced = json.loads(labq_cli(tmp_path, "reservations", "--json").stdout)["forced"]
     assert forced[0]["owner"] == "bob" and forced[0]["devices"] == device
     assert forced[0]["by"].startswith(f"{getpass.getuser()}@")
 
@@ -192,9 +239,9 @@ def test_a_forced_release_is_logged_and_shown(stack: Stack, store: Reservations,
     (("release", "a1"), "'a1' holds no reservation"),
 ])
 def test_bad_reservation_input_names_the_value_and_changes_nothing(
-        stack: Stack, store: Reservations, tmp_path: Path, args: tuple[str, ...],
+        store: Reservations, tmp_path: Path, labq_cli: Callable[..., Ran], args: tuple[str, ...],
         named: str) -> None:
-    out = labq_cli(stack, tmp_path, *args)
+    out = labq_cli(tmp_path, *args)
     assert out.returncode == 2 and out.stderr.startswith("labq: error: "), out.stderr
     assert named in out.stderr, out.stderr
     assert store.all() == []
