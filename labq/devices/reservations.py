@@ -130,13 +130,22 @@ class Reservations:
                                        answer.expires_at, token)
                 since = answer.waiting_since
                 if not wait:
-                    raise ReservationError(_busy(slots, answer))
+                    raise ReservationError(self._busy(slots, answer))
                 if on_wait is not None:
                     on_wait(answer)
                 time.sleep(poll)
         except BaseException:
             self.leases.release_all(holder)  # leave every line
             raise
+
+    def _busy(self, slots: Sequence[Sequence[str]], answer: Wait | SetWait) -> str:
+        """Why a --no-wait reservation is refused: who holds the devices."""
+        people = {r.holder: r for r in self.all()}
+        held = ", ".join(f"{people[h].owner}'s reservation {people[h].id}" if h in people
+                         else f"task {h}" for h in answer.holders[:4]) or "a waiter ahead"
+        names = ", ".join(sorted({d for s in slots for d in s}))
+        return (f"{names}: busy (held by {held}) and --no-wait was given; "
+                "without it, labq reserve waits its turn")
 
     def hold(self, task_holder: str, seconds: float, *, owner: str, note: str,
              task: str) -> Reservation | None:
@@ -242,11 +251,6 @@ def _clock(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
 
-def _busy(slots: Sequence[Sequence[str]], answer: Wait | SetWait) -> str:
-    names = ", ".join(sorted({d for s in slots for d in s}))
-    held = ", ".join(answer.holders[:4]) or "a waiter ahead"
-    return (f"{names}: busy (held by {held}) and --no-wait was given; "
-            "without it, labq reserve waits its turn")
 
 
 

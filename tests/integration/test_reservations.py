@@ -81,7 +81,7 @@ def test_no_wait_fails_at_once_and_leaves_no_trace(redis_client: redis.Redis) ->
     leases = Leases(redis_client)
     store = Reservations(redis_client, leases)
     assert isinstance(leases.acquire("r1", "task", 2), Grant)
-    with pytest.raises(ReservationError, match=r"r1: busy \(held by task\)"):
+    with pytest.raises(ReservationError, match=r"r1: busy \(held by task task\)"):
         reserve(store, "r1")
     assert leases.waiters("r1") == []
     # A second session stays open to tasks: the person took nothing.
@@ -149,7 +149,7 @@ def test_labels_and_count_reserve_all_or_nothing(redis_client: redis.Redis) -> N
     assert isinstance(leases.acquire("s2", "task", 1), Grant)
     two = store.reserve([spines, spines], owner="ana", note="", seconds=60, wait=False)
     assert sorted(two.devices) == ["s1", "s3"]
-    with pytest.raises(ReservationError):
+    with pytest.raises(ReservationError, match=f"held by ana's reservation {two.id}"):
         store.reserve([spines], owner="bob", note="", seconds=60, wait=False)
     assert [r.id for r in store.all()] == [two.id]
 
