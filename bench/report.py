@@ -174,16 +174,20 @@ def submit_block() -> str:
     lines = [where(d), "", f"{d['params']['tasks']} x `{d['params']['task']}` per side, no worker "
              "running.", "",
              "| round | Run.submit loop | Run.submit_many | submit_many, no task-sent events "
-             "| Celery delay() loop |",
-             "|---|---|---|---|---|"]
+             "| submit_many, no fair share | Celery delay() loop |",
+             "|---|---|---|---|---|---|"]
     for r in d["rounds"]:
         noev = r.get("submit_many_noevents", {}).get("tasks_per_s", float("nan"))
+        nofair = r.get("submit_many_nofair", {}).get("tasks_per_s", float("nan"))
         lines.append(f"| {r['round']} | {r['submit']['tasks_per_s']:.0f}/s | "
-                     f"{r['submit_many']['tasks_per_s']:.0f}/s | {noev:.0f}/s | "
+                     f"{r['submit_many']['tasks_per_s']:.0f}/s | {noev:.0f}/s | {nofair:.0f}/s | "
                      f"{r['delay']['tasks_per_s']:.0f}/s |")
     verdict = "met" if s["meets_target"] else "missed"
     lines += ["", f"**submit_many: {_mmm(s['submit_many_tasks_per_s'], 0)} tasks/s; target "
                   f">= 5,000: {verdict}.** submit_many / submit loop = {_mmm(s['batch_over_loop'], 1)}."]
+    if "submit_many_nofair_tasks_per_s" in s:
+        lines[-1] += (f" Without fair share (straight onto the queue's list): "
+                      f"{_mmm(s['submit_many_nofair_tasks_per_s'], 0)} tasks/s.")
     return "\n".join(lines)
 
 

@@ -5,11 +5,14 @@ B. ``Run.submit_many`` (``labq/client/publish.py``: validated first, then Redis
    pipelines of 500 messages, payloads built as kombu's producer builds them), with the
    ``task-sent`` events labq's settings ask for;
 B'. the same with ``sent_events=False``;
+B''. ``submit_many`` with ``fair_share=False``: the messages go straight onto
+   the queue's list instead of the run's fair-share backlog (issue 15);
 C. raw Celery ``echo.delay(i)`` in a loop, the naive reference.
 
-No worker runs, so publishing has the CPU to itself; the queue is emptied
-between sides. Alternated A B B' C A B B' C. Rate = N / seconds from the first call
-to the return of the last.
+No worker runs, so publishing has the CPU to itself (with fair share, every
+message waits in the run's backlog, as no slot is free); the queue and the
+backlog are emptied between sides. Alternated A B B' B'' C A B B' B'' C.
+Rate = N / seconds from the first call to the return of the last.
 
 Run from the repository root: ``.venv/bin/python -m bench.submit [--quick]``.
 """
@@ -27,17 +30,20 @@ import redis
 
 from bench.common import BenchLab, command_line, machine, own_cpu, summary, write_result
 
-SIDES = ("submit", "submit_many", "submit_many_noevents", "delay")
+SIDES = ("submit", "submit_many", "submit_many_noevents", "submit_many_nofair", "delay")
 
 
-def run_side(lab: BenchLab, side: str, n: int) -> dict[str, Any]:
+def run_side(lab: BenchLab, side: str, n: int, fifo: Any) -> dict[str, Any]:
     import labq
+    from labq.fairshare.backlogs import Backlogs
+    from labq.keys import backlog_key
     from tasks.diag import echo
 
     client = redis.Redis.from_url(lab.stack.settings.broker_url)
     queue = lab.stack.settings.default_queue
     client.delete(queue)
-    run = labq.Run("submit-rate", app=lab.app, progress=False, logs=False)
+    run = labq.Run("submit-rate", app=fifo if side.endswith("nofair") else lab.app,
+                   progress=False, logs=False)
     cpu0 = own_cpu()
     t0 = time.perf_counter()
     try:
@@ -53,8 +59,9 @@ def run_side(lab: BenchLab, side: str, n: int) -> dict[str, Any]:
                 task.delay(i)
         seconds = time.perf_counter() - t0
         cpu = own_cpu() - cpu0
-        queued = int(client.llen(queue))
+        queued = int(client.llen(queue)) + int(client.llen(backlog_key(queue, run.id)))
     finally:
+        Backlogs(client).drop(run.id, [queue])
         run.close()
         client.delete(queue)
         client.close()
@@ -78,17 +85,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = command_line("bench.submit", argv)
     n = args.tasks
     print(f"submit rate: {n} tasks per side, rounds={args.rounds}", flush=True)
+    from labq.app import create_app
+
     with BenchLab(0, workers=()) as lab:
+        fifo = create_app(lab.stack.settings.replace(fair_share=False))
         for side in SIDES:  # warm-up
-            run_side(lab, side, min(n, 200))
+            run_side(lab, side, min(n, 200), fifo)
         rounds = []
         for i in range(args.rounds):
             r: dict[str, Any] = {"round": i + 1}
             for side in SIDES:
-                r[side] = run_side(lab, side, n)
+                r[side] = run_side(lab, side, n, fifo)
             rounds.append(r)
             print(f"round {i + 1}: " + ", ".join(
                 f"{side} {r[side]['tasks_per_s']:.0f}/s" for side in SIDES), flush=True)
+        fifo.close()
     rate: Callable[[str], dict[str, float]] = lambda side: summary(  # noqa: E731
         [r[side]["tasks_per_s"] for r in rounds])
     batch = rate("submit_many")
