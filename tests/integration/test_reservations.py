@@ -268,3 +268,19 @@ def test_property_reserved_devices_are_never_granted_and_every_task_is_served(
             assert len(holders) <= maxes[d], (d, holders)
             assert not people_on or holders == people_on[:1], (d, holders)
     assert done == {h for h, _ in tasks}
+
+
+def test_giving_up_while_waiting_leaves_the_line(redis_client: redis.Redis) -> None:
+    """Ctrl-C while ``labq reserve`` waits: the person leaves every line, and
+    the task behind them is no longer held up."""
+    leases = Leases(redis_client)
+    store = Reservations(redis_client, leases)
+    assert isinstance(leases.acquire("r1", "first", 2), Grant)
+
+    def interrupt(answer: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.reserve([["r1"]], owner="ana", note="", seconds=60, on_wait=interrupt)
+    assert [w.holder for w in leases.waiters("r1")] == []
+    assert isinstance(leases.acquire("r1", "later", 2), Grant)
