@@ -20,6 +20,7 @@ import click
 from labq.embedded.sim.command import sim as sim_command
 from labq.errors import LabqError
 from labq.ops.reservation_commands import COMMANDS as RESERVATION_COMMANDS
+from labq.ops.run_commands import COMMANDS as RUN_COMMANDS
 from labq.settings import Settings
 
 #: The program's name, as its error lines start.
@@ -325,22 +326,14 @@ def cancel(ctx: Context, run_id: str, grace: float | None, broker: str | None) -
     """
     from labq.app import create_app
     from labq.client.cancel import cancel_by_id
-    from labq.client.run_info import find
-    from labq.errors import UnknownRun
+    from labq.client.run_info import one_run
     from labq.redis_client import connect
 
     settings = ctx.settings(broker_url=broker, cancel_grace=grace)
     client = connect(settings.backend_url, settings, socket_timeout=10, socket_connect_timeout=5)
     app = create_app(settings)
     try:
-        runs = find(client, run_id)
-        if not runs:
-            raise UnknownRun(f"no run's id starts with {run_id!r} in the last 7 days")
-        if len(runs) > 1:
-            names = ", ".join(r.id for r in runs[:5]) + (" ..." if len(runs) > 5 else "")
-            raise UnknownRun(f"{len(runs)} runs' ids start with {run_id!r}: {names}; "
-                             "give more of the id")
-        run = runs[0]
+        run = one_run(client, run_id)
         click.echo(f"cancelling run {run.id} ({run.script} on {run.host}, pid {run.pid}) ...")
         done = cancel_by_id(client, app.control, run, settings.cancel_grace)
     finally:
@@ -352,7 +345,7 @@ def cancel(ctx: Context, run_id: str, grace: float | None, broker: str | None) -
 
 
 main.add_command(sim_command)
-for _command in RESERVATION_COMMANDS:
+for _command in (*RESERVATION_COMMANDS, *RUN_COMMANDS):
     main.add_command(_command)
 
 

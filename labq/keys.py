@@ -16,8 +16,13 @@ key                             type    holds                                  e
 ``labq:run:{run}:log``          STREAM  the tasks' log records                 never; trimmed to
                                                                                ``LOG_STREAM_MAXLEN``
 ``labq:run:{run}:info``         HASH    the run's name, testscript, host,      ``RUN_TTL``
-                                        pid, start time and queues, to find it
-                                        by id prefix (``labq cancel``)
+                                        pid, owner, priority, start and end
+                                        times, state (open, done, cancelled)
+                                        and queues: the run registry
+``labq:run:{run}:tasks``        LIST    JSON [task id, task, device, queue,    ``RUN_TTL``
+                                        queued at] in submit order
+``labq:run:{run}:states``       HASH    task id -> final status, as the        ``RUN_TTL``
+                                        worker stored it (the run's counts)
 ``labq:lease:{d}``              ZSET    holder -> lease expiry (ms)            at its last holder's expiry
 ``labq:lease:{d}:info``         HASH    holder -> JSON {task, worker, since}   with ``labq:lease:{d}``
 ``labq:wait:{d}``               ZSET    waiter -> first-wait time (ms), FIFO   waiter TTL (15 s), kept
@@ -144,6 +149,16 @@ def info_pattern(prefix: str) -> str:
     """A ``SCAN`` pattern for the info keys of the runs whose id starts with ``prefix``."""
     escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix)
     return run_key(f"{escaped}*", "info")
+
+
+def tasks_key(run_id: str) -> str:
+    """The run's tasks in submit order, written with their publish (``Run.attach`` reads it)."""
+    return run_key(run_id, "tasks")
+
+
+def states_key(run_id: str) -> str:
+    """Each task's final status, written with its stored result: the run's counts."""
+    return run_key(run_id, "states")
 
 
 def run_of_info_key(key: str) -> str:

@@ -24,8 +24,9 @@ from labq.worker.liveness import WorkerWatch, dead_after
 
 log = logging.getLogger(__name__)
 
-#: Publishes a call again under a new task id (``Run._send``, for a rerun).
-Resend = Callable[[str, Call], object]
+#: Publishes a call again under a new task id, in place of the old one
+#: (``Run._resend``): (new id, call, old id).
+Resend = Callable[[str, Call, str], object]
 
 
 def fence_stopped(state: RunState, client: redis.Redis, done: list[Outcome]) -> None:
@@ -43,7 +44,8 @@ def fence_stopped(state: RunState, client: redis.Redis, done: list[Outcome]) -> 
 
 
 def check_workers(state: RunState, client: redis.Redis, watch: WorkerWatch,
-                  tasks: Mapping[str, Any], worker_ttl: float, resend: Resend) -> list[Outcome]:
+                  tasks: Mapping[str, Any], worker_ttl: float,
+                  resend: Resend | None) -> list[Outcome]:
     """Settle the running tasks of workers whose heartbeat expired.
 
     A task that may run again (``idempotent`` on its entry in ``tasks``,
@@ -51,6 +53,8 @@ def check_workers(state: RunState, client: redis.Redis, watch: WorkerWatch,
     ``resend`` (see :attr:`labq.Run.reruns`); any other becomes ``lost``.
     Either way its id is fenced first, so the old message, redelivered when
     the host returns or the visibility timeout passes, never runs it again.
+    Without ``resend`` (a run attached to, which lacks its calls' arguments)
+    every such task becomes ``lost``.
     """
     running = {t: o.worker for t in state.running() if (o := state.outcome(t)).worker}
     dead = watch.dead(running)
@@ -67,7 +71,8 @@ def check_workers(state: RunState, client: redis.Redis, watch: WorkerWatch,
         release_leases(client, task_id)
         old = state.outcome(task_id)
         task = tasks.get(old.task)
-        if getattr(task, "idempotent", False) and task_id not in state.reruns.values():
+        if (resend is not None and getattr(task, "idempotent", False)
+                and task_id not in state.reruns.values()):
             rerun(state, task_id, resend)
             continue
         lost += state.end([task_id], Status.LOST, finished_at=at, error=RemoteError(
@@ -88,6 +93,6 @@ def release_leases(client: redis.Redis, task_id: str) -> None:
 def rerun(state: RunState, task_id: str, resend: Resend) -> str:
     """Send ``task_id``'s call again under a new id, in its place."""
     new_id = str(uuid.uuid4())
-    resend(new_id, state.call(task_id))
+    resend(new_id, state.call(task_id), task_id)
     state.replace(task_id, new_id)
     return new_id

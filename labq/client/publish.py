@@ -28,7 +28,7 @@ from kombu.exceptions import KombuError, OperationalError
 from redis.exceptions import RedisError
 
 from labq.client.messages import TaskMessage
-from labq.client.wire import Sink, Wire, publish_receivers, wire_for
+from labq.client.wire import Record, Sink, Wire, publish_receivers, wire_for
 from labq.errors import BrokerUnavailable, PartialSubmit, SubmitError
 from labq.settings import mask_url
 
@@ -41,7 +41,7 @@ DEFAULT_CHUNK = 500
 
 def publish(app: Any, messages: Sequence[TaskMessage], *, chunk: int = DEFAULT_CHUNK,
             broker: str = "", raw: bool = True, wires: dict[Any, Wire] | None = None,
-            sink: Sink | None = None) -> None:
+            sink: Sink | None = None, record: Record | None = None) -> None:
     """Publish ``messages`` in pipelines of ``chunk``; all or a :class:`PartialSubmit`.
 
     ``raw=False`` forces kombu's producer for every message (the fallback
@@ -51,6 +51,8 @@ def publish(app: Any, messages: Sequence[TaskMessage], *, chunk: int = DEFAULT_C
     ``sink`` takes each chunk's texts instead of the queue lists (a run's
     fair-share backlogs); kombu's producer, when it must publish, ignores
     it and the messages go straight onto their lists, served in order.
+    ``record`` adds each chunk to the run's registry on the same pipeline
+    (with kombu's producer, on a pipeline of its own after the chunk).
     """
     if chunk < 1:
         raise SubmitError(f"chunk={chunk!r}: must be at least 1")
@@ -77,6 +79,8 @@ def publish(app: Any, messages: Sequence[TaskMessage], *, chunk: int = DEFAULT_C
                     if wire is not None:
                         with wire.pipeline() as pipe:
                             wire.add(pipe, part, sink)
+                            if record is not None:
+                                record(pipe, part)
                             sending = False
                             pipe.execute()
                     else:
@@ -93,6 +97,8 @@ def publish(app: Any, messages: Sequence[TaskMessage], *, chunk: int = DEFAULT_C
                                      **m.options)
                             sending = False
                             batch.flush()
+                        if record is not None:
+                            record(None, part)
                 except (KombuError, RedisError, OSError, ConnectionError) as exc:
                     ids = [m.task_id for m in messages]
                     done = len(queued)

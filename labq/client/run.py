@@ -16,9 +16,11 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
+from dataclasses import replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
@@ -35,7 +37,14 @@ from labq.client.interrupts import sigterm_interrupts, stop_run
 from labq.client.messages import Builder, TaskMessage, build
 from labq.client.progress import Progress
 from labq.client.publish import DEFAULT_CHUNK
-from labq.client.run_info import record_queues, record_start
+from labq.client.run_info import (
+    one_run,
+    read_tasks,
+    record_end,
+    record_queues,
+    record_start,
+    task_entries,
+)
 from labq.client.run_state import Call, RunState
 from labq.client.streams import RunStreams
 from labq.client.submission import (
@@ -63,9 +72,11 @@ from labq.keys import (
     OWNER_KWARG,
     PRIORITY_KWARG,
     RUN_KWARG,
+    RUN_TTL,
     SCRIPT_KWARG,
     cancel_key,
     starts_key,
+    tasks_key,
 )
 from labq.outcome import Outcome, outcome_from_meta
 from labq.redis_client import auth_failed, connect, retrying, unavailable
@@ -111,6 +122,66 @@ class Run:
         self.script = script_name()
         self.soft_time_limit = soft_time_limit
         self.time_limit = time_limit
+        self._setup(progress, logs, grace, report)
+        try:
+            self.redis.ping()
+            record_start(self.redis, self.id, name, self.script, owner=self.owner,
+                         priority=self.priority.value)
+        except redis.RedisError as exc:
+            hint = "" if auth_failed(exc) else "; is the stack up and LABQ_BROKER_URL right?"
+            raise BrokerUnavailable(
+                f"run {name!r}: {unavailable(self.settings.backend_url, exc, self.settings)}"
+                f"{hint}") from exc
+        print(f"labq: run {self.id} started; stop it from another shell with "
+              f"'labq cancel {self.id}'", file=sys.stderr, flush=True)
+
+    @classmethod
+    def attach(cls, run_id: str, *, app: LabqCelery | None = None,
+               settings: Settings | None = None, progress: bool | None = None,
+               logs: bool = True, grace: float | None = None) -> Run:
+        """The run ``run_id`` (or a unique start of it) as a handle, from any
+        host: ``as_completed``, ``wait``, ``cancel`` and ``report`` work as on
+        the original, with the same outcomes in the same order. It submits
+        nothing, and a dead worker's tasks end ``lost`` (it has not the
+        calls' arguments to run an idempotent one again)."""
+        self = cls.__new__(cls)
+        self._own_app = app is None
+        self.app = app or create_app(settings or Settings.load())
+        self.settings = self.app.labq_settings
+        client = connect(self.settings.backend_url, self.settings, socket_timeout=10,
+                         socket_connect_timeout=5)
+        try:
+            info = one_run(client, run_id)
+            entries = read_tasks(client, info.id)
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(
+                f"attach {run_id!r}: {unavailable(self.settings.backend_url, exc, self.settings)}"
+            ) from exc
+        finally:
+            client.close()
+        self.priority = Priority.parse(info.priority or "normal")
+        self.owner = info.owner
+        self.hold_on_failure = None
+        self.held = []
+        self.name, self.id, self.script = info.name, info.id, info.script
+        self.soft_time_limit = self.time_limit = None
+        self._setup(progress, logs, grace, None)
+        self._attached = True
+        for e in entries:
+            call = Call(e.task, [], {}, e.queue, None, None)
+            if e.replaces and e.replaces in self._state:
+                self._state.replace(e.replaces, e.task_id)
+                self._state.update(replace(self._state.outcome(e.task_id), queued_at=e.queued_at))
+            else:
+                self._state.track(e.task_id, call, e.device or None, e.queued_at)
+        self.refresh()
+        return self
+
+    def _setup(self, progress: bool | None, logs: bool, grace: float | None,
+               report: str | os.PathLike[str] | None) -> None:
+        """What a run and a run attached to share: state, connection, streams."""
+        #: True for a handle made by :meth:`attach`.
+        self._attached = False
         #: Seconds between a cancel's soft interrupt and its hard kill.
         self.grace = self.settings.cancel_grace if grace is None else grace
         #: Where the HTML report goes when the ``with`` block ends, however it ends.
@@ -132,17 +203,6 @@ class Run:
         self._streams = RunStreams(self.redis, self.id, logs)
         self._backlogs = Backlogs(self.redis, self.settings) if self.settings.fair_share else None
         self._sigterm = ExitStack()
-        try:
-            self.redis.ping()
-            record_start(self.redis, self.id, name, self.script, owner=self.owner,
-                         priority=self.priority.value)
-        except redis.RedisError as exc:
-            hint = "" if auth_failed(exc) else "; is the stack up and LABQ_BROKER_URL right?"
-            raise BrokerUnavailable(
-                f"run {name!r}: {unavailable(self.settings.backend_url, exc, self.settings)}"
-                f"{hint}") from exc
-        print(f"labq: run {self.id} started; stop it from another shell with "
-              f"'labq cancel {self.id}'", file=sys.stderr, flush=True)
 
     # -- submitting -------------------------------------------------------
 
@@ -160,9 +220,10 @@ class Run:
             # run.submit(execute, "r1", ...): the device goes where routing looks.
             kwargs, args = {"device": args[0], **kwargs}, args[1:]
         body = {**kwargs, **self._tags}
+        at = datetime.now(timezone.utc)
         message = self._send(name, list(args), body, task_id=str(uuid.uuid4()), queue=None,
-                             soft=soft, hard=hard, device=self._first_device(name, kwargs))
-        self._track_published([message], soft, hard, args=list(args))
+                             soft=soft, hard=hard, device=self._first_device(name, kwargs), at=at)
+        self._track_published([message], soft, hard, args=list(args), at=at)
         return message.task_id
 
     def submit_many(self, task: Any, kwargs_list: Iterable[Mapping[str, Any]], *,
@@ -190,20 +251,22 @@ class Run:
             body = {**kwargs, **self._tags}
             messages.append(builder.build((), body, task_id=task_id,
                                           device=self._first_device(name, kwargs)))
+        at = datetime.now(timezone.utc)
         try:
             publish.publish(self.app, messages, chunk=chunk, broker=mask_url(self.settings.broker_url),
-                            sink=self._sink if self._backlogs else None)
+                            sink=self._sink if self._backlogs else None,
+                            record=partial(self._record, at=at))
         except PartialSubmit as exc:
             queued = set(exc.queued)
-            self._track_published((m for m in messages if m.task_id in queued), soft, hard)
+            self._track_published((m for m in messages if m.task_id in queued), soft, hard, at=at)
             raise
-        self._track_published(messages, soft, hard)
+        self._track_published(messages, soft, hard, at=at)
         return [m.task_id for m in messages]
 
     def _track_published(self, messages: Iterable[TaskMessage],
                          soft: float | None = None, hard: float | None = None,
-                         args: list[Any] | None = None) -> None:
-        now = datetime.now(timezone.utc)
+                         args: list[Any] | None = None, *, at: datetime) -> None:
+        now = at  # as the registry has it (_record)
         known = self._state.queues
         for m in messages:
             body = m.message[2][1]  # protocol 2 body: (args, kwargs, embed)
@@ -217,7 +280,8 @@ class Run:
 
     def _send(self, name: str, args: list[Any], body: dict[str, Any], *, task_id: str,
               queue: str | None, soft: float | None, hard: float | None,
-              device: str | None = None) -> TaskMessage:
+              device: str | None = None, replaces: str = "",
+              at: datetime | None = None) -> TaskMessage:
         """Build and publish one message (a submit, or a rerun to ``queue``).
 
         Routing runs in the build: an unknown device is refused before any
@@ -230,7 +294,9 @@ class Run:
         try:
             publish.publish(self.app, [message], broker=mask_url(self.settings.broker_url),
                             wires=self._wires,
-                            sink=self._sink if self._backlogs else None)
+                            sink=self._sink if self._backlogs else None,
+                            record=partial(self._record, at=at or datetime.now(timezone.utc),
+                                           replaces=replaces))
         except PartialSubmit as exc:
             maybe = " (it may have been queued)" if exc.uncertain else ""
             raise BrokerUnavailable(
@@ -252,10 +318,20 @@ class Run:
         assert self._backlogs is not None
         self._backlogs.submit(queue, self.id, self.priority, payloads, pipe)
 
-    def _resend(self, task_id: str, call: Call) -> None:
-        """Send ``call`` again as ``task_id``, to the queue it went to."""
+    def _record(self, pipe: Any, part: Sequence[TaskMessage], *, at: datetime,
+                replaces: str = "") -> None:
+        """Add ``part`` to the run's registry, on the publish's pipeline (None: on our own)."""
+        own = pipe is None
+        pipe = self.redis.pipeline(transaction=False) if own else pipe
+        pipe.rpush(tasks_key(self.id), *task_entries(part, at, replaces))
+        pipe.expire(tasks_key(self.id), RUN_TTL)
+        if own:
+            pipe.execute()
+
+    def _resend(self, task_id: str, call: Call, replaces: str) -> None:
+        """Send ``call`` again as ``task_id``, in place of ``replaces``, to the queue it went to."""
         self._send(call.name, call.args, call.body, task_id=task_id, queue=call.queue,
-                   soft=call.soft, hard=call.hard)
+                   soft=call.soft, hard=call.hard, replaces=replaces)
 
     def _prepare(self, task: Any, soft: float | None,
                  hard: float | None) -> tuple[str, float | None, float | None]:
@@ -338,7 +414,7 @@ class Run:
                 o.task_id for o in done if o.status.final and not o.ok], self.settings.state_dir)
         fence_stopped(self._state, self.redis, done)
         done += check_workers(self._state, self.redis, self._watch, self.app.tasks,
-                              self.settings.worker_ttl, self._resend)
+                              self.settings.worker_ttl, None if self._attached else self._resend)
         if cancelled and not self._state.cancelled:
             # labq cancel from elsewhere: end the rest here as Run.cancel would.
             print(f"labq: run {self.id} was cancelled from another shell", file=sys.stderr,
@@ -434,6 +510,14 @@ class Run:
         return write_report(Path(path), self.id, self.outcomes)
 
     def close(self) -> None:
+        if not self._attached:
+            state = ("cancelled" if self._state.cancelled
+                     else "done" if not self._pending() else "")
+            try:
+                if state:  # a run closed with tasks still out stays open
+                    record_end(self.redis, self.id, state)
+            except redis.RedisError as exc:
+                log.warning("run %s: its end was not recorded: %s", self.id, exc)
         self._sigterm.close()
         self.redis.close()
         if self._own_app:

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
 #: Takes a chunk's message texts for one list key, oldest first, onto a pipeline.
 Sink = Callable[[Any, str, list[str]], None]
+#: Adds a chunk of messages to their run's registry, on a pipeline (None: its own).
+Record = Callable[[Any, "Sequence[TaskMessage]"], None]
 
 
 @dataclass(frozen=True)

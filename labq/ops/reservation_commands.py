@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import click
 import redis
@@ -23,21 +22,15 @@ from labq.devices.lease import SetWait, Wait
 from labq.devices.reservations import Reservation, Reservations, recall, remember
 from labq.devices.testbed_yaml import load_testbed
 from labq.errors import BrokerUnavailable, ReservationError
+from labq.ops.command_context import broker_option, command_settings
 from labq.ops.device_list import natural_key, parse_labels
 from labq.ops.reservation_list import print_reservations, reservation_rows
 from labq.redis_client import connect, unavailable
 from labq.settings import Settings, parse_duration
 
-_broker = click.option("--broker", envvar="LABQ_BROKER_URL", show_envvar=True, default=None,
-                       help="Redis URL of the lab.  [default: from settings]")
 _token = click.option("--token", envvar="LABQ_RESERVATION_TOKEN", show_envvar=True, default=None,
                       help="The reservation's token.  [default: the one labq reserve kept in "
                            "STATE_DIR/reservations.json]")
-
-
-def _settings(**overrides: Any) -> Settings:
-    # The group's Context (labq.cli) reads the config file once for every command.
-    return click.get_current_context().find_root().obj.settings(**overrides)  # type: ignore[no-any-return]
 
 
 @contextmanager
@@ -64,7 +57,7 @@ def _reservations(settings: Settings) -> Iterator[Reservations]:
               help="Wait its turn in the devices' lines, or fail at once if one is busy.")
 @click.option("--owner", envvar="LABQ_OWNER", show_envvar=True, default=None,
               help="For whom.  [default: the OS user]")
-@_broker
+@broker_option
 def reserve(devices: tuple[str, ...], duration: str, note: str, labels: tuple[str, ...],
             count: int, wait: bool, owner: str | None, broker: str | None) -> None:
     """Reserve DEVICE (or several, all or none) for a person; print its token.
@@ -75,7 +68,7 @@ def reserve(devices: tuple[str, ...], duration: str, note: str, labels: tuple[st
     """
     seconds = parse_duration(duration, "--for")
     who = check_owner(owner)
-    settings = _settings(broker_url=broker)
+    settings = command_settings(broker_url=broker)
     slots = _slots(settings, devices, labels, count)
     with _reservations(settings) as reservations:
         shown: list[str] = []
@@ -132,10 +125,10 @@ def _keep(state_dir: Path, made: Reservation) -> Path | None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@_broker
+@broker_option
 def reservations(as_json: bool, broker: str | None) -> None:
     """Who holds what, until when, and why; who waits; the last forced releases."""
-    settings = _settings(broker_url=broker)
+    settings = command_settings(broker_url=broker)
     with _reservations(settings) as store:
         rows = reservation_rows(store)
     if as_json:
@@ -149,10 +142,10 @@ def reservations(as_json: bool, broker: str | None) -> None:
 @_token
 @click.option("--force", is_flag=True,
               help="Release it without its token (logged, with who and when).")
-@_broker
+@broker_option
 def release(device: str, token: str | None, force: bool, broker: str | None) -> None:
     """Release the reservation on DEVICE: its token holder only, unless --force."""
-    settings = _settings(broker_url=broker)
+    settings = command_settings(broker_url=broker)
     token = token or recall(settings.state_dir, device)
     with _reservations(settings) as store:
         gone = store.release(device, token=token, force=force, by=_who())
@@ -166,11 +159,11 @@ def release(device: str, token: str | None, force: bool, broker: str | None) -> 
 @click.option("--for", "duration", required=True, metavar="DURATION",
               help="How much longer: 30m, 1h, 90s or seconds.")
 @_token
-@_broker
+@broker_option
 def extend(device: str, duration: str, token: str | None, broker: str | None) -> None:
     """Extend the reservation on DEVICE by --for (its token holder only)."""
     seconds = parse_duration(duration, "--for")
-    settings = _settings(broker_url=broker)
+    settings = command_settings(broker_url=broker)
     token = token or recall(settings.state_dir, device)
     with _reservations(settings) as store:
         longer = store.extend(device, seconds, token=token)

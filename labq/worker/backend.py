@@ -31,12 +31,14 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-from labq.keys import DONE_STREAM_MAXLEN, RUN_KWARG, RUN_TTL, done_key
+from labq.keys import DONE_STREAM_MAXLEN, RUN_KWARG, RUN_TTL, done_key, states_key
+from labq.outcome import status_of
 
 log = logging.getLogger(__name__)
 
-# KEYS: result key [, done stream]; ARGV: value, expiry (0: none), task id,
-# state, stream maxlen, stream ttl. As RedisBackend: never overwrite SUCCESS.
+# KEYS: result key [, done stream, states hash]; ARGV: value, expiry (0:
+# none), task id, state, stream maxlen, stream ttl, labq status. As
+# RedisBackend: never overwrite SUCCESS.
 STORE_SCRIPT = """
 local current = redis.call('GET', KEYS[1])
 local stored = 1
@@ -57,6 +59,10 @@ end
 if KEYS[2] then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'task_id', ARGV[3], 'status', ARGV[4])
   redis.call('EXPIRE', KEYS[2], ARGV[6])
+  if stored == 1 then
+    redis.call('HSET', KEYS[3], ARGV[3], ARGV[7])
+    redis.call('EXPIRE', KEYS[3], ARGV[6])
+  end
 end
 return stored
 """
@@ -133,7 +139,7 @@ class LabqRedisBackend(RedisBackend):  # type: ignore[misc]
         expires = self.failure_expires if state == states.FAILURE else self.expires
         run_id = run_of(request)
         args = (self.get_key_for_task(task_id), value, expires or 0, task_id, state,
-                run_id if state in states.READY_STATES else None)
+                run_id if state in states.READY_STATES else None, status_of(meta).value)
         if state == states.STARTED and run_id is not None and self._defers_started(request):
             self._started = (task_id, args)
             return result
@@ -201,7 +207,7 @@ def _fall_back(rider: Rider) -> None:
 
 
 def _script_input(key: str, value: Any, expires: float, task_id: str, state: str,
-                  run_id: str | None) -> tuple[list[str], list[Any]]:
+                  run_id: str | None, status: str = "") -> tuple[list[str], list[Any]]:
     """STORE_SCRIPT's KEYS and ARGV for one state of one task."""
-    keys = [key] if run_id is None else [key, done_key(run_id)]
-    return keys, [value, int(expires), task_id, state, DONE_STREAM_MAXLEN, RUN_TTL]
+    keys = [key] if run_id is None else [key, done_key(run_id), states_key(run_id)]
+    return keys, [value, int(expires), task_id, state, DONE_STREAM_MAXLEN, RUN_TTL, status]
