@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from celery.states import READY_STATES
 
-from labq.client.run_info import RunInfo
+from labq.client.run_info import RunInfo, record_end
 from labq.client.run_state import RunState
 from labq.errors import BrokerUnavailable
 from labq.fairshare.backlogs import Backlogs
@@ -162,6 +162,7 @@ def cancel_by_id(client: redis.Redis, control: Any, run: RunInfo, grace: float) 
     """
     try:
         client.set(cancel_key(run.id), "1", ex=RUN_TTL)
+        record_end(client, run.id, "cancelled")
         started = [text(t) for t in client.hkeys(starts_key(run.id))]
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"cannot record the cancel of {run.id!r}: {exc}") from exc

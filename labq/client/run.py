@@ -493,6 +493,10 @@ class Run:
         grace = self.grace if grace is None else grace
         cancel_run(self._state, self.redis, self.app.control, self.refresh, grace,
                    backlogs=self._backlogs)
+        try:
+            record_end(self.redis, self.id, "cancelled")
+        except redis.RedisError as exc:
+            log.warning("run %s: its cancel was not recorded in the registry: %s", self.id, exc)
         return self.outcomes
 
     # -- reporting and context --------------------------------------------
