@@ -11,7 +11,8 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -254,3 +255,39 @@ def kill_leftovers(pids: list[int]) -> None:
             psutil.Process(pid).kill()
         except psutil.Error:
             pass
+
+
+@dataclass
+class Ran:
+    """What an in-process ``labq`` command printed, and its exit status."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture()
+def labq_cli_in_process(stack: Stack, monkeypatch: pytest.MonkeyPatch,
+                        capsys: pytest.CaptureFixture[str]) -> Callable[..., Ran]:
+    """``labq ARGS`` run by its console entry point (``labq.cli.run``) in this
+    process, from the directory ``tmp``, with the session stack's settings as
+    ``LABQ_*`` (and ``env``): as a shell would, without a new interpreter."""
+    from labq import cli
+
+    def call(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Ran:
+        for name in [k for k in os.environ if k.startswith("LABQ_")]:
+            monkeypatch.delenv(name)
+        for name, value in {**stack.settings.replace(state_dir=tmp).to_env(),
+                            **(env or {})}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.chdir(tmp)
+        capsys.readouterr()
+        try:
+            cli.run(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out = capsys.readouterr()
+        return Ran(code, out.out, out.err)
+
+    return call

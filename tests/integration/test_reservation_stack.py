@@ -10,15 +10,13 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
 
 import labq
-from conftest import POOLS, SEGMENT_DEVICES
-from labq import cli
+from conftest import POOLS, SEGMENT_DEVICES, Ran
 from labq.app import LabqCelery
 from labq.devices.lease import Leases
 from labq.devices.reservations import Reservations
@@ -145,36 +143,10 @@ def test_a_cancelled_run_holds_nothing(stack: Stack, app: LabqCelery,
     assert Leases(store.client).holders(device) == []
 
 
-@dataclass
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 @pytest.fixture()
-def labq_cli(stack: Stack, monkeypatch: pytest.MonkeyPatch,
-             capsys: pytest.CaptureFixture[str]) -> Callable[..., Ran]:
-    """``labq ARGS`` in this process (``labq.cli.run``, the console entry
-    point), from the directory ``tmp``, with the stack's settings as LABQ_*."""
-
-    def call(tmp: Path, *args: str) -> Ran:
-        for name in [k for k in os.environ if k.startswith("LABQ_")]:
-            monkeypatch.delenv(name)
-        for name, value in {**stack.settings.replace(state_dir=tmp).to_env(),
-                            "LABQ_OWNER": "ana"}.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.chdir(tmp)
-        capsys.readouterr()
-        try:
-            cli.run(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out = capsys.readouterr()
-        return Ran(code, out.out, out.err)
-
-    return call
+def labq_cli(labq_cli_in_process: Callable[..., Ran]) -> Callable[..., Ran]:
+    """``labq ARGS`` in process, as the user ana."""
+    return lambda tmp, *args: labq_cli_in_process(tmp, *args, env={"LABQ_OWNER": "ana"})
 
 
 def test_the_cli_reserves_lists_extends_and_releases_with_the_kept_token(

@@ -11,13 +11,12 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import labq
-from labq import cli
+from conftest import Ran
 from labq.app import LabqCelery
 from labq.embedded.stack import Stack
 from tasks import diag
@@ -36,34 +35,9 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@dataclass
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 @pytest.fixture()
-def labq_cli(stack: Stack, monkeypatch: pytest.MonkeyPatch,
-             capsys: pytest.CaptureFixture[str]) -> Callable[..., Ran]:
-    """``labq ARGS`` in this process, from ``tmp``, with the stack's settings."""
-
-    def call(tmp: Path, *args: str) -> Ran:
-        for name in [k for k in os.environ if k.startswith("LABQ_")]:
-            monkeypatch.delenv(name)
-        for name, value in stack.settings.replace(state_dir=tmp).to_env().items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.chdir(tmp)
-        capsys.readouterr()
-        try:
-            cli.run(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out = capsys.readouterr()
-        return Ran(code, out.out, out.err)
-
-    return call
+def labq_cli(labq_cli_in_process: Callable[..., Ran]) -> Callable[..., Ran]:
+    return labq_cli_in_process
 
 
 def test_a_killed_testscripts_run_is_gathered_and_reported_from_elsewhere(
