@@ -118,12 +118,13 @@ def publish(app: Any, messages: Sequence[TaskMessage], *, chunk: int = DEFAULT_C
             f"is unreachable: {exc}") from exc
 
 
-_warned: list[bool] = []
+_warned = False
 
 
 def _warn_unfair() -> None:
-    if not _warned:
-        _warned.append(True)
+    global _warned
+    if not _warned:  # once per process: it says what every such batch does
+        _warned = True
         log.warning("kombu's producer publishes these tasks (publish signal receivers, or "
                     "a wire format labq does not reproduce): they skip fair share and "
                     "are served in order")

@@ -121,6 +121,8 @@ class Holder:
     #: A person's reservation (holder ``resv:<id>``): for whom, and why.
     owner: str = ""
     note: str = ""
+    #: A ``hold_on_failure`` reservation's failed task.
+    failed_task: str = ""
 
     @property
     def reservation(self) -> str:
@@ -388,7 +390,8 @@ class Leases:
                                       str(info.get("worker", "")), float(info.get("since", 0)),
                                       float(text(flat_h[i + 1])) / 1000,
                                       tuple(str(d) for d in info.get("devices") or ()),
-                                      str(info.get("owner", "")), str(info.get("note", ""))))
+                                      str(info.get("owner", "")), str(info.get("note", "")),
+                                      str(info.get("failed_task", ""))))
             waiters = [Waiter(text(flat_w[i]), i // 2 + 1, float(text(flat_w[i + 1])) / 1000)
                        for i in range(0, len(flat_w), 2)]
             out.append(DeviceLeases(text(name), holders, waiters))

@@ -175,10 +175,9 @@ class Reservations:
             for h in dev.holders:
                 if not h.reservation or h.expires_at <= time.time():
                     continue
-                info = self._info(dev.device, h.holder)
                 found[h.reservation] = Reservation(
                     h.reservation, h.owner, h.note, h.devices or (dev.device,), h.since,
-                    h.expires_at, task=str(info.get("failed_task", "")))
+                    h.expires_at, task=h.failed_task)
         return sorted(found.values(), key=lambda r: (r.expires_at, r.id))
 
     def waiting(self) -> list[tuple[str, str, int]]:
@@ -198,28 +197,29 @@ class Reservations:
     # -- ending or extending one ----------------------------------------------
 
     def _authorised(self, device: str, token: str | None, force: bool,
-                    what: str) -> Reservation:
+                    what: str) -> tuple[Reservation, bool]:
+        """The reservation on ``device``, and whether ``token`` is its own;
+        refused unless it is, or ``force``."""
         found = self.on(device)
         if found is None:
             raise ReservationError(f"device {device!r} holds no reservation; "
                                    "labq reservations lists those that do")
-        if force:
-            return found
         digest = self._info(found.devices[0], found.holder).get("token", "")
-        if not token or not secrets.compare_digest(token_digest(token), str(digest)):
+        own = bool(token) and secrets.compare_digest(token_digest(token or ""), str(digest))
+        if not own and not force:
             given = "no token was given" if not token else f"token {token!r} is not its token"
             raise ReservationError(
                 f"{device!r} is reserved by {found.owner!r} (reservation {found.id}) until "
                 f"{_clock(found.expires_at)}: {given}; only its token {what} it"
                 + (", or --force" if what == "releases" else ""))
-        return found
+        return found, own
 
     def release(self, device: str, *, token: str | None = None, force: bool = False,
                 by: str = "") -> Reservation:
         """End the reservation on ``device``: with its token, or ``force``
         (logged with ``by`` and the time)."""
-        found = self._authorised(device, token, force, "releases")
-        if force and not (token and self._matches(found, token)):
+        found, own = self._authorised(device, token, force, "releases")
+        if not own:  # forced
             self.client.xadd(RESERVATION_LOG_KEY, {
                 "at": time.time(), "by": by, "id": found.id, "owner": found.owner,
                 "devices": ",".join(found.devices), "note": found.note, "action": "force-release",
@@ -229,16 +229,12 @@ class Reservations:
 
     def extend(self, device: str, seconds: float, *, token: str | None) -> Reservation:
         """Move the end of the reservation on ``device`` ``seconds`` later (its token only)."""
-        found = self._authorised(device, token, False, "extends")
+        found, _ = self._authorised(device, token, False, "extends")
         until = int(self._run(self._extend, found.holder, int(seconds * 1000)))
         if not until:
             raise ReservationError(f"reservation {found.id} on {device!r} ended meanwhile")
         return Reservation(found.id, found.owner, found.note, found.devices, found.since,
                            until / 1000)
-
-    def _matches(self, found: Reservation, token: str) -> bool:
-        digest = self._info(found.devices[0], found.holder).get("token", "")
-        return secrets.compare_digest(token_digest(token), str(digest))
 
     def force_log(self, count: int = 5) -> list[dict[str, str]]:
         """The last ``count`` forced releases, newest first."""

@@ -15,7 +15,7 @@ from labq.devices.lease import Leases
 from labq.devices.pick import Pick
 from labq.devices.testbed_yaml import load_testbed
 from labq.errors import BrokerUnavailable, ConfigError
-from labq.ops.reservation_list import holder_text, reservations_table
+from labq.ops.reservation_list import grouped, holder_text, reservations_table
 from labq.ops.waiting_work import RunWaiting, waiting_table, waiting_work
 from labq.redis_client import connect, unavailable
 from labq.settings import Settings
@@ -112,20 +112,9 @@ def print_device_rows(rows: list[dict[str, Any]], console: Console | None = None
                       f"{len(row['holders'])}/{row['max_sessions'] or '?'}", holders, waiters)
     console = console or Console()
     console.print(table)
-    console.print(reservations_table(_reservations(rows)))
+    console.print(reservations_table(grouped(
+        (row["device"], h["reservation"], h["owner"], h["note"], h["since"], h["expires_at"], "")
+        for row in rows for h in row["holders"])))
     if waiting is not None:
         console.print(waiting_table(waiting))
 
-
-def _reservations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The reservations among the rows' holders, one row each."""
-    now, found = time.time(), dict[str, dict[str, Any]]()
-    for row in rows:
-        for h in row["holders"]:
-            if h["reservation"]:
-                r = found.setdefault(h["reservation"], {
-                    "id": h["reservation"], "devices": [], "owner": h["owner"],
-                    "note": h["note"], "until": h["expires_at"],
-                    "left": round(h["expires_at"] - now, 1)})
-                r["devices"].append(row["device"])
-    return sorted(found.values(), key=lambda r: (r["until"], r["id"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from rich import box
@@ -28,17 +29,23 @@ def reservation_rows(store: Reservations) -> dict[str, Any]:
     }
 
 
-def from_leases(leases: list[DeviceLeases]) -> list[dict[str, Any]]:
-    """The reservations among a lease snapshot's holders, as :func:`reservation_rows` has them."""
+def grouped(leases: Iterable[tuple[str, str, str, str, float, float, str]]) -> list[dict[str, Any]]:
+    """One row per live reservation, as :func:`reservation_rows` has them, from
+    its leases: (device, reservation id, owner, note, since, until, failed task)."""
     now, found = time.time(), dict[str, dict[str, Any]]()
-    for d in leases:
-        for h in d.holders:
-            if h.reservation and h.expires_at > now:
-                found[h.reservation] = {
-                    "id": h.reservation, "devices": list(h.devices or (d.device,)),
-                    "owner": h.owner, "note": h.note, "since": h.since, "until": h.expires_at,
-                    "left": round(h.expires_at - now, 1), "failed_task": ""}
+    for device, rid, owner, note, since, until, failed in leases:
+        if rid and until > now:
+            row = found.setdefault(rid, {
+                "id": rid, "devices": [], "owner": owner, "note": note, "since": since,
+                "until": until, "left": round(until - now, 1), "failed_task": failed})
+            row["devices"].append(device)
     return sorted(found.values(), key=lambda r: (r["until"], r["id"]))
+
+
+def from_leases(leases: list[DeviceLeases]) -> list[dict[str, Any]]:
+    """The reservations among a lease snapshot's holders."""
+    return grouped((d.device, h.reservation, h.owner, h.note, h.since, h.expires_at,
+                    h.failed_task) for d in leases for h in d.holders)
 
 
 def holder_text(h: Holder) -> str:

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from labq.devices.lease import Grant, Leases, SetGrant, SetWait, Wait
 from labq.devices.reservations import Reservations, recall, remember
 from labq.errors import ReservationError
-from labq.keys import RESERVATIONS_KEY, held_key, lease_keys
+from labq.keys import RESERVATION_DEVICES_KEY, RESERVATIONS_KEY, held_key, lease_keys
 
 
 def reserve(store: Reservations, *names: str, seconds: float = 60.0, owner: str = "ana",
@@ -143,6 +143,7 @@ def test_a_reservation_ends_at_its_time_and_frees_the_device(redis_client: redis
     assert store.expire() == [mine.id]
     assert redis_client.lrange("q", 0, -1) == [b"retry"]
     assert redis_client.zcard(RESERVATIONS_KEY) == 0
+    assert redis_client.hlen(RESERVATION_DEVICES_KEY) == 0  # the sweep's index is clean
     assert not redis_client.exists(held_key(mine.holder))
     assert isinstance(leases.acquire("r1", "task", 1), Grant)
     assert store.all() == []
