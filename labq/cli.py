@@ -333,9 +333,10 @@ def cancel(ctx: Context, run_id: str, grace: float | None, broker: str | None) -
     client = connect(settings.backend_url, settings, socket_timeout=10, socket_connect_timeout=5)
     app = create_app(settings)
     try:
-        run = one_run(client, run_id)
+        run = one_run(client, run_id, settings.run_retention)
         click.echo(f"cancelling run {run.id} ({run.script} on {run.host}, pid {run.pid}) ...")
-        done = cancel_by_id(client, app.control, run, settings.cancel_grace)
+        done = cancel_by_id(client, app.control, run, settings.cancel_grace,
+                            settings.run_retention)
     finally:
         app.close()
         client.close()

@@ -1,27 +1,31 @@
 """Every name labq writes into Redis, in one table.
 
+"retention" is ``run_retention`` (``LABQ_RUN_RETENTION``, 7 days) after the
+run's last change: every writer of a run's key renews its expiry, and each
+task's stored end renews them all (:mod:`labq.worker.backend`).
+
 ``{run}`` is a run id, ``{d}`` a device name, ``{h}`` a lease holder (normally
 a Celery task id), ``{w}`` a worker's hostname (``name@host``).
 
 ==============================  ======  =====================================  ==========================
 key                             type    holds                                  expires
 ==============================  ======  =====================================  ==========================
-``labq:run:{run}:cancelled``    STRING  ``1`` once the run is cancelled        ``RUN_TTL``
-``labq:run:{run}:started``      HASH    task id -> JSON start record           ``RUN_TTL``
+``labq:run:{run}:cancelled``    STRING  ``1`` once the run is cancelled        retention
+``labq:run:{run}:started``      HASH    task id -> JSON start record           retention
                                         (at, worker, slot, pid)
-``labq:run:{run}:fenced``       HASH    task id -> worker (or ``stopped``):    ``RUN_TTL``
+``labq:run:{run}:fenced``       HASH    task id -> worker (or ``stopped``):    retention
                                         ids that must never run again
-``labq:run:{run}:done``         STREAM  task id and state, one entry per end   ``RUN_TTL``; trimmed to
+``labq:run:{run}:done``         STREAM  task id and state, one entry per end   retention; trimmed to
                                                                                ``DONE_STREAM_MAXLEN``
-``labq:run:{run}:log``          STREAM  the tasks' log records                 never; trimmed to
+``labq:run:{run}:log``          STREAM  the tasks' log records                 retention; trimmed to
                                                                                ``LOG_STREAM_MAXLEN``
-``labq:run:{run}:info``         HASH    the run's name, testscript, host,      ``RUN_TTL``
+``labq:run:{run}:info``         HASH    the run's name, testscript, host,      retention
                                         pid, owner, priority, start and end
                                         times, state (open, done, cancelled)
                                         and queues: the run registry
-``labq:run:{run}:tasks``        LIST    JSON [task id, task, device, queue,    ``RUN_TTL``
+``labq:run:{run}:tasks``        LIST    JSON [task id, task, device, queue,    retention
                                         queued at] in submit order
-``labq:run:{run}:states``       HASH    task id -> final status, as the        ``RUN_TTL``
+``labq:run:{run}:states``       HASH    task id -> final status, as the        retention
                                         worker stored it (the run's counts)
 ``labq:lease:{d}``              ZSET    holder -> lease expiry (ms)            at its last holder's expiry
 ``labq:lease:{d}:info``         HASH    holder -> JSON {task, worker, since}   with ``labq:lease:{d}``
@@ -42,7 +46,7 @@ key                             type    holds                                  e
                                         devices (for the sweep: the lease
                                         keys expire on their own)
 ``labq:reservations:log``       STREAM  forced releases: who, when, whose      never; trimmed to 1,000
-``labq:run:{run}:holds``        HASH    task id -> JSON {id, token, devices,   ``RUN_TTL``
+``labq:run:{run}:holds``        HASH    task id -> JSON {id, token, devices,   retention
                                         until}: a failed task's devices held
                                         for the run's owner
 ``labq:waitsince:{h}``          STRING  a retried waiter's first-wait time     lease timeout + 60 s
@@ -73,6 +77,14 @@ key                             type    holds                                  e
 ``labq:fair:alive``             ZSET    worker -> heartbeat expiry (ms)        pruned by the scripts
 ``labq:worker:{w}``             HASH    a worker's heartbeat (host, pid,       ``worker_ttl``
                                         queues, pool size, busy, times)
+``labq:workers``                HASH    worker -> its heartbeat TTL: the       none: a worker leaves on
+                                        workers the reapers watch              a clean stop or reaped
+``labq:running:{w}``            HASH    task id -> JSON {run, task, queue,     none: pruned by each
+                                        at, idem}: the run tasks ``{w}``       heartbeat, deleted once
+                                        started                                ``{w}`` is reaped
+``labq:reaping:{w}``            STRING  the worker reaping dead ``{w}``        30 s
+``labq:run:{run}:reruns``       HASH    task id -> the id it runs again in     retention
+                                        place of (after its worker died)
 ==============================  ======  =====================================  ==========================
 
 The lease scripts (:mod:`labq.devices.lease_scripts`) derive the keys of other
@@ -94,8 +106,6 @@ from __future__ import annotations
 #: Every labq key starts with this; the lease scripts take it as ``ARGV[1]``.
 PREFIX = "labq:"
 
-#: How long a run's bookkeeping (cancel flag, starts, fences, done stream) stays.
-RUN_TTL = 7 * 24 * 3600
 #: Entries kept in a run's log stream.
 LOG_STREAM_MAXLEN = 10000
 #: Entries kept in a run's done stream; a client more than this far behind
@@ -159,6 +169,16 @@ def tasks_key(run_id: str) -> str:
 def states_key(run_id: str) -> str:
     """Each task's final status, written with its stored result: the run's counts."""
     return run_key(run_id, "states")
+
+
+#: The status in ``states_key`` of a task a dead worker's peer sent again
+#: under a new id: it counts as neither lost nor pending.
+RERUN_STATUS = "rerun"
+
+
+def reruns_key(run_id: str) -> str:
+    """Tasks sent again after their worker died: new id -> the id they replace."""
+    return run_key(run_id, "reruns")
 
 
 def run_of_info_key(key: str) -> str:
@@ -267,6 +287,20 @@ WORKER_PREFIX = PREFIX + "worker:"
 def worker_key(hostname: str) -> str:
     """One worker's heartbeat."""
     return f"{WORKER_PREFIX}{hostname}"
+
+
+#: Every worker the reapers watch, with its heartbeat TTL (labq.worker.reaper).
+WORKERS_KEY = PREFIX + "workers"
+
+
+def running_key(hostname: str) -> str:
+    """The run tasks a worker started (pruned as they end): what a reaper settles."""
+    return f"{PREFIX}running:{hostname}"
+
+
+def reaping_key(hostname: str) -> str:
+    """The lock of the one worker that settles dead ``hostname``'s tasks."""
+    return f"{PREFIX}reaping:{hostname}"
 
 
 # -- Celery's and kombu's own keys that labq reads ---------------------------

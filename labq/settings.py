@@ -27,6 +27,8 @@ ENV_PREFIX = "LABQ_"
 DEFAULT_CONFIG_FILE = Path("config/labq.yaml")
 SECRET_FIELDS = frozenset({"flower_password"})
 URL_FIELDS = frozenset({"broker_url", "result_backend"})
+#: Fields that also take a duration such as ``7d`` or ``1h30m``.
+DURATION_FIELDS = frozenset({"run_retention"})
 # Added to the largest hard limit to get the broker's visibility timeout: a
 # task may still be shutting down or acking after its hard limit fired.
 VISIBILITY_MARGIN = 60.0
@@ -62,8 +64,12 @@ class Settings:
     #: A soft shutdown (SIGQUIT, a second Ctrl-C) gives running tasks this
     #: long before they are requeued; a plain SIGTERM waits without a limit.
     shutdown_timeout: float = 30.0
-    #: Seconds a task result is kept in Redis.
+    #: Seconds a task result is kept in Redis (a task of a run: ``run_retention``).
     result_expires: int = 86400
+    #: How long a run stays in Redis after its last change (a submit, a task's
+    #: start or end): its record, task list, results, log and done streams.
+    #: Seconds, or a duration such as ``7d`` or ``12h``.
+    run_retention: float = 7 * 86400.0
     #: A worker that has not written its heartbeat for this long is dead: its
     #: running tasks become lost (or run again, if idempotent). It fences
     #: itself (kills its running tasks) after 0.8 of this without Redis.
@@ -301,6 +307,8 @@ def _coerce_all(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
 def _coerce(f: dataclasses.Field[Any], value: Any, source: str) -> Any:
     kind = _FIELD_TYPES[str(f.type)]
     name = f"{ENV_PREFIX}{f.name.upper()}"
+    if f.name in DURATION_FIELDS and isinstance(value, str):
+        return parse_duration(value, f"{name} (from {source})")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -381,6 +389,8 @@ def _validate(s: Settings) -> None:
         raise bad("flower_port", "must be a TCP port, 0 to 65535")
     if s.result_expires < 1:
         raise bad("result_expires", "must be at least 1 second")
+    if not s.run_retention >= 1:
+        raise bad("run_retention", "must be at least 1 second (a duration such as 7d)")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", s.default_queue):
         raise bad("default_queue", "use letters, digits, '.', '_' or '-'")
 

@@ -22,8 +22,8 @@ from labq.client.run_info import RunInfo, record_end
 from labq.client.run_state import RunState
 from labq.errors import BrokerUnavailable
 from labq.fairshare.backlogs import Backlogs
-from labq.keys import RESULT_PREFIX, RUN_KWARG, RUN_TTL, cancel_key, starts_key
-from labq.outcome import Status
+from labq.keys import RESULT_PREFIX, RUN_KWARG, cancel_key, fenced_key, starts_key
+from labq.outcome import Outcome, Status
 from labq.redis_client import text
 from labq.worker.liveness import read_workers
 from labq.worker.parking import UNPARK_COMMAND
@@ -31,8 +31,25 @@ from labq.worker.parking import UNPARK_COMMAND
 log = logging.getLogger(__name__)
 
 
+def fence_stopped(state: RunState, client: redis.Redis, done: list[Outcome],
+                  retention: float) -> None:
+    """Fence tasks stopped from outside the run (a revoke, or Celery's cancel
+    when a worker loses Redis): their messages may still come back, with
+    the visibility timeout, and must not run then."""
+    stopped = [o.task_id for o in done if o.status is Status.CANCELLED]
+    if not stopped or state.cancelled:
+        return  # a cancel of our own is fenced by the run's cancel flag
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.hset(fenced_key(state.run_id), mapping=dict.fromkeys(stopped, "stopped"))
+        pipe.expire(fenced_key(state.run_id), int(retention))
+        pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("could not fence stopped tasks %s: %s", stopped, exc)
+
+
 def cancel_run(state: RunState, client: redis.Redis, control: Any,
-               refresh: Callable[[], object], grace: float,
+               refresh: Callable[[], object], grace: float, retention: float,
                backlogs: Backlogs | None = None) -> None:
     """Stop the run's tasks (see :meth:`labq.Run.cancel`).
 
@@ -42,7 +59,7 @@ def cancel_run(state: RunState, client: redis.Redis, control: Any,
     """
     state.cancelled = True
     try:
-        client.set(cancel_key(state.run_id), "1", ex=RUN_TTL)
+        client.set(cancel_key(state.run_id), "1", ex=int(retention))
     except redis.RedisError as exc:
         raise BrokerUnavailable(
             f"cannot record the cancel of {state.run_id!r}: {exc}") from exc
@@ -151,7 +168,8 @@ class RemoteCancel:
     killed: int
 
 
-def cancel_by_id(client: redis.Redis, control: Any, run: RunInfo, grace: float) -> RemoteCancel:
+def cancel_by_id(client: redis.Redis, control: Any, run: RunInfo, grace: float,
+                 retention: float) -> RemoteCancel:
     """Cancel ``run`` from a process other than its own, as :meth:`labq.Run.cancel` does.
 
     The durable flag goes first: every task not started yet refuses to
@@ -161,8 +179,8 @@ def cancel_by_id(client: redis.Redis, control: Any, run: RunInfo, grace: float) 
     process sees the flag and ends its wait with the tasks cancelled.
     """
     try:
-        client.set(cancel_key(run.id), "1", ex=RUN_TTL)
-        record_end(client, run.id, "cancelled")
+        client.set(cancel_key(run.id), "1", ex=int(retention))
+        record_end(client, run.id, "cancelled", retention)
         started = [text(t) for t in client.hkeys(starts_key(run.id))]
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"cannot record the cancel of {run.id!r}: {exc}") from exc

@@ -2,10 +2,11 @@
 
 A :class:`Run` tags every task with its id and the testscript's name,
 gathers outcomes from the raw result records in Redis, streams the tasks'
-log lines, shows progress, settles the tasks of dead workers
-(labq.client.dead_workers) and cancels durably (labq.client.cancel). What it
-knows of its tasks is one :class:`~labq.client.run_state.RunState`, which
-those two take as an argument.
+log lines, shows progress, follows the reruns of a dead worker's idempotent
+tasks (the workers settle those: labq.worker.reaper) and cancels durably
+(labq.client.cancel). What it knows of its tasks is one
+:class:`~labq.client.run_state.RunState`, which the cancel takes as an
+argument.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ import redis
 
 from labq.app import LabqCelery, create_app
 from labq.client import publish
-from labq.client.cancel import cancel_run
-from labq.client.dead_workers import check_workers, fence_stopped
+from labq.client.cancel import cancel_run, fence_stopped
 from labq.client.explain import explain
 from labq.client.held import announce_holds
 from labq.client.interrupts import sigterm_interrupts, stop_run
@@ -72,7 +72,6 @@ from labq.keys import (
     OWNER_KWARG,
     PRIORITY_KWARG,
     RUN_KWARG,
-    RUN_TTL,
     SCRIPT_KWARG,
     cancel_key,
     starts_key,
@@ -81,7 +80,6 @@ from labq.keys import (
 from labq.outcome import Outcome, outcome_from_meta
 from labq.redis_client import auth_failed, connect, retrying, unavailable
 from labq.settings import Settings, mask_url, parse_duration
-from labq.worker.liveness import WorkerWatch
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +87,6 @@ log = logging.getLogger(__name__)
 #: pending result is read anyway: for ends that push nothing (a done stream
 #: trimmed behind the client, a result backend other than labq's).
 CHANGE_WAIT = 0.5
-#: Seconds between checks of the heartbeats of the workers running our tasks.
-LIVENESS_INTERVAL = 1.0
 
 
 class Run:
@@ -125,7 +121,8 @@ class Run:
         self._setup(progress, logs, grace, report)
         try:
             self.redis.ping()
-            record_start(self.redis, self.id, name, self.script, owner=self.owner,
+            record_start(self.redis, self.id, name, self.script,
+                         retention=self.settings.run_retention, owner=self.owner,
                          priority=self.priority.value)
         except redis.RedisError as exc:
             hint = "" if auth_failed(exc) else "; is the stack up and LABQ_BROKER_URL right?"
@@ -142,8 +139,7 @@ class Run:
         """The run ``run_id`` (or a unique start of it) as a handle, from any
         host: ``as_completed``, ``wait``, ``cancel`` and ``report`` work as on
         the original, with the same outcomes in the same order. It submits
-        nothing, and a dead worker's tasks end ``lost`` (it has not the
-        calls' arguments to run an idempotent one again)."""
+        nothing."""
         self = cls.__new__(cls)
         self._own_app = app is None
         self.app = app or create_app(settings or Settings.load())
@@ -151,7 +147,7 @@ class Run:
         client = connect(self.settings.backend_url, self.settings, socket_timeout=10,
                          socket_connect_timeout=5)
         try:
-            info = one_run(client, run_id)
+            info = one_run(client, run_id, self.settings.run_retention)
             entries = read_tasks(client, info.id)
         except redis.RedisError as exc:
             raise BrokerUnavailable(
@@ -199,7 +195,6 @@ class Run:
         self._wires: dict[Any, Any] = {}
         self.redis = connect(self.settings.backend_url, self.settings, socket_timeout=10,
                              socket_connect_timeout=5)
-        self._watch = WorkerWatch(self.redis, self.settings.worker_ttl, LIVENESS_INTERVAL)
         self._streams = RunStreams(self.redis, self.id, logs)
         self._backlogs = Backlogs(self.redis, self.settings) if self.settings.fair_share else None
         self._sigterm = ExitStack()
@@ -221,7 +216,7 @@ class Run:
             kwargs, args = {"device": args[0], **kwargs}, args[1:]
         body = {**kwargs, **self._tags}
         at = datetime.now(timezone.utc)
-        message = self._send(name, list(args), body, task_id=str(uuid.uuid4()), queue=None,
+        message = self._send(name, list(args), body, task_id=str(uuid.uuid4()),
                              soft=soft, hard=hard, device=self._first_device(name, kwargs), at=at)
         self._track_published([message], soft, hard, args=list(args), at=at)
         return message.task_id
@@ -279,24 +274,21 @@ class Run:
                 log.warning("run %s: queues not recorded for labq cancel: %s", self.id, exc)
 
     def _send(self, name: str, args: list[Any], body: dict[str, Any], *, task_id: str,
-              queue: str | None, soft: float | None, hard: float | None,
-              device: str | None = None, replaces: str = "",
+              soft: float | None, hard: float | None, device: str | None = None,
               at: datetime | None = None) -> TaskMessage:
-        """Build and publish one message (a submit, or a rerun to ``queue``).
+        """Build and publish one message.
 
         Routing runs in the build: an unknown device is refused before any
         publish.
         """
         message = build(
             self.app, name, args, body, task_id=task_id, device=device,
-            default_queue=self.settings.default_queue, soft_time_limit=soft, time_limit=hard,
-            queue=queue)
+            default_queue=self.settings.default_queue, soft_time_limit=soft, time_limit=hard)
         try:
             publish.publish(self.app, [message], broker=mask_url(self.settings.broker_url),
                             wires=self._wires,
                             sink=self._sink if self._backlogs else None,
-                            record=partial(self._record, at=at or datetime.now(timezone.utc),
-                                           replaces=replaces))
+                            record=partial(self._record, at=at or datetime.now(timezone.utc)))
         except PartialSubmit as exc:
             maybe = " (it may have been queued)" if exc.uncertain else ""
             raise BrokerUnavailable(
@@ -318,20 +310,14 @@ class Run:
         assert self._backlogs is not None
         self._backlogs.submit(queue, self.id, self.priority, payloads, pipe)
 
-    def _record(self, pipe: Any, part: Sequence[TaskMessage], *, at: datetime,
-                replaces: str = "") -> None:
+    def _record(self, pipe: Any, part: Sequence[TaskMessage], *, at: datetime) -> None:
         """Add ``part`` to the run's registry, on the publish's pipeline (None: on our own)."""
         own = pipe is None
         pipe = self.redis.pipeline(transaction=False) if own else pipe
-        pipe.rpush(tasks_key(self.id), *task_entries(part, at, replaces))
-        pipe.expire(tasks_key(self.id), RUN_TTL)
+        pipe.rpush(tasks_key(self.id), *task_entries(part, at))
+        pipe.expire(tasks_key(self.id), int(self.settings.run_retention))
         if own:
             pipe.execute()
-
-    def _resend(self, task_id: str, call: Call, replaces: str) -> None:
-        """Send ``call`` again as ``task_id``, in place of ``replaces``, to the queue it went to."""
-        self._send(call.name, call.args, call.body, task_id=task_id, queue=call.queue,
-                   soft=call.soft, hard=call.hard, replaces=replaces)
 
     def _prepare(self, task: Any, soft: float | None,
                  hard: float | None) -> tuple[str, float | None, float | None]:
@@ -402,7 +388,12 @@ class Run:
                 raise BrokerUnavailable(
                     f"result backend {mask_url(self.settings.backend_url)}: {exc}") from exc
         for task_id, raw, start in zip(ids, metas, starts, strict=True):
-            new = outcome_from_meta(self._state.outcome(task_id), json.loads(raw) if raw else None,
+            meta = json.loads(raw) if raw else None
+            if meta and meta.get("labq_rerun") and task_id in self._state:
+                # Its worker died; a live worker sent it again (labq.worker.reaper).
+                self._state.replace(task_id, str(meta["labq_rerun"]))
+                continue
+            new = outcome_from_meta(self._state.outcome(task_id), meta,
                                     json.loads(start) if start else None)
             if new.status.final and new.error is not None:
                 new = explain(self.app, new, self._lacking)
@@ -412,9 +403,7 @@ class Run:
         if self.hold_on_failure is not None:
             self.held += announce_holds(self.redis, self.id, [
                 o.task_id for o in done if o.status.final and not o.ok], self.settings.state_dir)
-        fence_stopped(self._state, self.redis, done)
-        done += check_workers(self._state, self.redis, self._watch, self.app.tasks,
-                              self.settings.worker_ttl, None if self._attached else self._resend)
+        fence_stopped(self._state, self.redis, done, self.settings.run_retention)
         if cancelled and not self._state.cancelled:
             # labq cancel from elsewhere: end the rest here as Run.cancel would.
             print(f"labq: run {self.id} was cancelled from another shell", file=sys.stderr,
@@ -492,9 +481,9 @@ class Run:
         during the grace kills at once."""
         grace = self.grace if grace is None else grace
         cancel_run(self._state, self.redis, self.app.control, self.refresh, grace,
-                   backlogs=self._backlogs)
+                   self.settings.run_retention, backlogs=self._backlogs)
         try:
-            record_end(self.redis, self.id, "cancelled")
+            record_end(self.redis, self.id, "cancelled", self.settings.run_retention)
         except redis.RedisError as exc:
             log.warning("run %s: its cancel was not recorded in the registry: %s", self.id, exc)
         return self.outcomes
@@ -519,7 +508,7 @@ class Run:
                      else "done" if not self._pending() else "")
             try:
                 if state:  # a run closed with tasks still out stays open
-                    record_end(self.redis, self.id, state)
+                    record_end(self.redis, self.id, state, self.settings.run_retention)
             except redis.RedisError as exc:
                 log.warning("run %s: its end was not recorded: %s", self.id, exc)
         self._sigterm.close()

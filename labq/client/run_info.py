@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from labq.errors import BrokerUnavailable, SubmitError, UnknownRun
-from labq.keys import RUN_TTL, info_key, info_pattern, run_of_info_key, tasks_key
+from labq.keys import info_key, info_pattern, run_of_info_key, tasks_key
 from labq.redis_client import text
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class RunInfo:
 
 
 def record_start(client: redis.Redis, run_id: str, name: str, script: str, *,
-                 owner: str = "", priority: str = "normal") -> None:
+                 retention: float, owner: str = "", priority: str = "normal") -> None:
     """Write the run's info record (one round trip)."""
     pipe = client.pipeline(transaction=False)
     pipe.hset(info_key(run_id), mapping={
@@ -59,13 +59,17 @@ def record_start(client: redis.Redis, run_id: str, name: str, script: str, *,
         "started_at": time.time(), "queues": "", "owner": owner, "priority": priority,
         "state": "open",
     })
-    pipe.expire(info_key(run_id), RUN_TTL)
+    pipe.expire(info_key(run_id), int(retention))
     pipe.execute()
 
 
-def record_end(client: redis.Redis, run_id: str, state: str) -> None:
-    """The run ended: ``done`` or ``cancelled``, now."""
-    client.hset(info_key(run_id), mapping={"state": state, "ended_at": time.time()})
+def record_end(client: redis.Redis, run_id: str, state: str, retention: float) -> None:
+    """The run ended: ``done`` or ``cancelled``, now; it is kept ``retention`` from now."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(info_key(run_id), mapping={"state": state, "ended_at": time.time()})
+    for key in (info_key(run_id), tasks_key(run_id)):
+        pipe.expire(key, int(retention))
+    pipe.execute()
 
 
 def task_entries(messages: Iterable[TaskMessage], queued_at: datetime,
@@ -104,11 +108,12 @@ def record_queues(client: redis.Redis, run_id: str, queues: set[str]) -> None:
     client.hset(info_key(run_id), "queues", ",".join(sorted(queues)))
 
 
-def one_run(client: redis.Redis, prefix: str) -> RunInfo:
+def one_run(client: redis.Redis, prefix: str, retention: float | None = None) -> RunInfo:
     """The one run whose id starts with ``prefix``; :class:`UnknownRun` if none or several."""
     runs = find(client, prefix)
     if not runs:
-        raise UnknownRun(f"no run's id starts with {prefix!r} in the last 7 days")
+        kept = "" if retention is None else f" (runs are kept {_span(retention)})"
+        raise UnknownRun(f"no run's id starts with {prefix!r}{kept}")
     if len(runs) > 1:
         names = ", ".join(r.id for r in runs[:5]) + (" ..." if len(runs) > 5 else "")
         raise UnknownRun(f"{len(runs)} runs' ids start with {prefix!r}: {names}; "
@@ -150,3 +155,11 @@ def all_runs(client: redis.Redis, prefix: str = "") -> list[RunInfo]:
                             ended_at=float(fields["ended_at"]) if fields.get("ended_at")
                             else None))
     return sorted(runs, key=lambda r: r.started_at, reverse=True)
+
+
+def _span(seconds: float) -> str:
+    """``7 days``, ``12 h``, ``90 s``: a retention as people say it."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"

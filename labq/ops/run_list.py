@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from labq.client.run_info import RunInfo, all_runs
-from labq.keys import states_key, tasks_key
+from labq.keys import RERUN_STATUS, states_key, tasks_key
 from labq.outcome import Status
 from labq.redis_client import text
 
@@ -34,7 +34,9 @@ def run_rows(client: redis.Redis, *, owner: str | None = None, state: str | None
     replies = pipe.execute() if runs else []
     rows = []
     for i, r in enumerate(runs):
-        total, finals = int(replies[2 * i]), Counter(text(v) for v in replies[2 * i + 1])
+        finals = Counter(text(v) for v in replies[2 * i + 1])
+        # A task its dead worker's peer sent again is one task, not two (labq.worker.reaper).
+        total = int(replies[2 * i]) - finals[RERUN_STATUS]
         counts = {s.value: finals.get(s.value, 0) for s in Status if s.final}
         rows.append({**_fields(r), "tasks": total,
                      "counts": {"queued": max(0, total - sum(counts.values())), **counts}})

@@ -56,12 +56,15 @@ GROUPS: tuple[tuple[str, dict[str, str]], ...] = (
                             "running tasks get this many seconds, then are requeued. A plain\n"
                             "SIGTERM is Celery's warm shutdown, which waits for running tasks\n"
                             "without a limit.",
-        "result_expires": "Seconds a task result stays in Redis.",
+        "result_expires": "Seconds a task result stays in Redis, for tasks sent outside a run.",
+        "run_retention": "How long a run stays in Redis after its last change: its record,\n"
+                         "task list, results and logs, for `labq runs`, `labq attach` and\n"
+                         "`labq report`. Seconds, or a duration: 7d, 12h, 90m.",
         "worker_ttl": "A worker's heartbeat in Redis expires this long after its last write.\n"
                       "Once it has been gone another half of this ({death:g} s in all, by\n"
-                      "default), a run declares the worker dead: its running tasks become\n"
-                      "lost, or idempotent ones run once more elsewhere. The worker kills its\n"
-                      "own running tasks after 0.8 of this without Redis.",
+                      "default), the other workers declare it dead: one of them makes its\n"
+                      "running tasks lost, or runs idempotent ones once more elsewhere. The\n"
+                      "worker kills its own running tasks after 0.8 of this without Redis.",
         "cancel_grace": "A cancel (Run.cancel, Ctrl-C in a testscript, `labq cancel RUN`)\n"
                         "interrupts running tasks, then kills those still running after this\n"
                         "many seconds.",

@@ -31,20 +31,31 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-from labq.keys import DONE_STREAM_MAXLEN, RUN_KWARG, RUN_TTL, done_key, states_key
+from labq.keys import (
+    DONE_STREAM_MAXLEN,
+    RUN_KWARG,
+    done_key,
+    info_key,
+    log_key,
+    states_key,
+    tasks_key,
+)
 from labq.outcome import status_of
 
 log = logging.getLogger(__name__)
 
-# KEYS: result key [, done stream, states hash]; ARGV: value, expiry (0:
-# none), task id, state, stream maxlen, stream ttl, labq status. As
+# KEYS: result key [, done stream, states hash, the run's other keys (log,
+# info, tasks) whose expiry an end renews]; ARGV: value, expiry (0: none),
+# task id, state, stream maxlen, the run's retention, labq status. As
 # RedisBackend: never overwrite SUCCESS.
 STORE_SCRIPT = """
 local current = redis.call('GET', KEYS[1])
 local stored = 1
 if current then
   local ok, meta = pcall(cjson.decode, current)
-  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
+  -- ... nor an end settled by a reaper (labq.worker.reaper): a host that
+  -- returns must not rewrite it.
+  if ok and type(meta) == 'table' and (meta['status'] == 'SUCCESS' or meta['labq_reaped']) then
     stored = 0
   end
 end
@@ -62,6 +73,9 @@ if KEYS[2] then
   if stored == 1 then
     redis.call('HSET', KEYS[3], ARGV[3], ARGV[7])
     redis.call('EXPIRE', KEYS[3], ARGV[6])
+  end
+  for i = 4, #KEYS do
+    redis.call('EXPIRE', KEYS[i], ARGV[6])
   end
 end
 return stored
@@ -106,6 +120,12 @@ class LabqRedisBackend(RedisBackend):  # type: ignore[misc]
         #: What rides with the end of the task running in this process.
         self._rider: Rider | None = None
 
+    @property
+    def run_retention(self) -> int:
+        """Seconds a run's keys, its tasks' results among them, are kept."""
+        settings = getattr(self.app, "labq_settings", None)
+        return max(1, int(settings.run_retention if settings is not None else 7 * 86400))
+
     def add_rider(self, rider: Rider) -> None:
         """Send ``rider`` with its task's stored end (see :class:`Rider`); it
         replaces the task's earlier rider, and runs a stale one of another task."""
@@ -138,8 +158,11 @@ class LabqRedisBackend(RedisBackend):  # type: ignore[misc]
                                     task_id=task_id)
         expires = self.failure_expires if state == states.FAILURE else self.expires
         run_id = run_of(request)
+        if run_id is not None:  # kept as long as its run (keys.py)
+            expires = self.run_retention
         args = (self.get_key_for_task(task_id), value, expires or 0, task_id, state,
-                run_id if state in states.READY_STATES else None, status_of(meta).value)
+                run_id if state in states.READY_STATES else None, status_of(meta).value,
+                self.run_retention)
         if state == states.STARTED and run_id is not None and self._defers_started(request):
             self._started = (task_id, args)
             return result
@@ -168,6 +191,13 @@ class LabqRedisBackend(RedisBackend):  # type: ignore[misc]
             return self.ensure(self._store, args)
         keys, argv = _script_input(*args)
         return pipe.evalsha(self._script().sha, len(keys), *keys, *argv)
+
+    def store_settled(self, task_id: str, run_id: str, value: str, status: str,
+                      retention: int) -> None:
+        """Store a reaper's end of ``task_id`` (labq.worker.reaper), when the
+        results live in another Redis than the broker."""
+        self.store((self.get_key_for_task(task_id), value, retention, task_id,
+                    states.FAILURE, run_id, status, retention))
 
     def _script(self) -> Any:
         if self._store_script is None:  # EVALSHA, and EVAL again after a Redis restart
@@ -207,7 +237,9 @@ def _fall_back(rider: Rider) -> None:
 
 
 def _script_input(key: str, value: Any, expires: float, task_id: str, state: str,
-                  run_id: str | None, status: str = "") -> tuple[list[str], list[Any]]:
+                  run_id: str | None, status: str = "",
+                  retention: int = 1) -> tuple[list[str], list[Any]]:
     """STORE_SCRIPT's KEYS and ARGV for one state of one task."""
-    keys = [key] if run_id is None else [key, done_key(run_id), states_key(run_id)]
-    return keys, [value, int(expires), task_id, state, DONE_STREAM_MAXLEN, RUN_TTL, status]
+    keys = [key] if run_id is None else [key, done_key(run_id), states_key(run_id),
+                                         log_key(run_id), info_key(run_id), tasks_key(run_id)]
+    return keys, [value, int(expires), task_id, state, DONE_STREAM_MAXLEN, retention, status]

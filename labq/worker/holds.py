@@ -25,7 +25,7 @@ from celery.exceptions import Ignore, Retry
 from labq.devices.lease import Leases
 from labq.devices.reservations import Reservations
 from labq.errors import TaskCancelled
-from labq.keys import RUN_TTL, cancel_key, holds_key
+from labq.keys import cancel_key, holds_key
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def hold_after(task: Any, leases: Leases, holder: str, failure: BaseException | 
             pipe.hset(holds_key(run_id), holder, json.dumps({
                 "id": held.id, "token": held.token, "devices": list(held.devices),
                 "until": held.expires_at, "owner": owner}))
-            pipe.expire(holds_key(run_id), RUN_TTL)
+            pipe.expire(holds_key(run_id), int(task.app.labq_settings.run_retention))
             pipe.execute()
         except Exception as exc:  # the reservation stands; --force releases it
             log.warning("hold %s not recorded for run %s: %s", held.id, run_id, exc)

@@ -1,18 +1,18 @@
 """Worker heartbeats in Redis: who is alive, and self-fencing without Redis.
 
 Every worker's main process writes ``labq:worker:{hostname}``, a hash that
-expires after ``worker_ttl`` seconds, every ``worker_ttl / 5`` seconds. A
-run that finds the key of the worker running one of its tasks gone declares
-that worker dead (labq.client.dead_workers). Celery's own answer, the broker's
-visibility timeout, would leave the task unacknowledged for an hour.
+expires after ``worker_ttl`` seconds, every ``worker_ttl / 5`` seconds. With
+each beat it lists itself in ``labq:workers`` and prunes the ended tasks
+from ``labq:running:{hostname}``. The other workers declare it dead once its
+key has been missing for another ``worker_ttl / 2``, and settle its running
+tasks (labq.worker.reaper). Celery's own answer, the broker's visibility
+timeout, would leave the task unacknowledged for an hour.
 
-A run declares a worker dead once its key has been missing for another
-``worker_ttl / 2`` (``FENCE_AFTER`` below is shorter than both together).
 The worker fences itself in turn: once it has gone ``0.8 * worker_ttl``
-without a successful write, it kills its running tasks. A host cut off from
-Redis has so stopped touching its devices before any client can declare it
-dead and run its idempotent tasks again elsewhere, while a Redis restart of
-a few seconds costs nothing.
+(``FENCE_AFTER``) without a successful write, it kills its running tasks. A
+host cut off from Redis has so stopped touching its devices before any other
+worker can declare it dead and run its idempotent tasks again elsewhere,
+while a Redis restart of a few seconds costs nothing.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from labq.fairshare.backlogs import Backlogs
-from labq.keys import WORKER_PREFIX, worker_key
+from labq.keys import WORKER_PREFIX, WORKERS_KEY, running_key, worker_key
 from labq.redis_client import connect
 from labq.settings import Settings
 
@@ -41,8 +41,9 @@ FENCE_AFTER = 0.8
 
 
 def dead_after(ttl: float) -> float:
-    """Seconds of silence after which a run declares a worker dead: its
-    heartbeat's TTL, then half as long again seen missing."""
+    """Seconds of silence after which a worker is declared dead: its
+    heartbeat's TTL, then half as long again seen missing (a heartbeat lost
+    with a restarted Redis comes back within one beat)."""
     return ttl * 1.5
 
 
@@ -87,57 +88,34 @@ def read_workers(client: redis.Redis) -> list[WorkerBeat]:
     return beats
 
 
-def alive(client: redis.Redis, hostnames: Iterable[str]) -> dict[str, bool]:
-    """Whether each worker's heartbeat is current."""
-    names = sorted(set(hostnames))
-    if not names:
-        return {}
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.exists(worker_key(name))
-    return {name: bool(n) for name, n in zip(names, pipe.execute(), strict=True)}
-
-
-class WorkerWatch:
-    """A client's view of the workers that run its tasks: which are dead.
-
-    Checks at most every ``interval`` seconds. A worker is dead once its key
-    has been seen missing for ``ttl / 2``: a heartbeat lost with a restarted
-    Redis comes back within one beat, and must not cost its tasks.
-    """
-
-    def __init__(self, client: redis.Redis, ttl: float, interval: float = 1.0) -> None:
-        self.client = client
-        self.confirm = dead_after(ttl) - ttl
-        self.interval = interval
-        self._next = 0.0
-        self._missing_since: dict[str, float] = {}
-
-    def dead(self, running: dict[str, str]) -> dict[str, str]:
-        """Of ``running`` (task id -> worker), the tasks whose worker is dead."""
-        now = time.monotonic()
-        if not running or now < self._next:
-            return {}
-        self._next = now + self.interval
-        try:
-            up = alive(self.client, running.values())
-        except redis.RedisError:
-            return {}  # Redis itself is away: nothing can be told about workers
-        for worker, ok in up.items():
-            if ok:
-                self._missing_since.pop(worker, None)
-            else:
-                self._missing_since.setdefault(worker, now)
-        return {t: w for t, w in running.items()
-                if not up[w] and now - self._missing_since[w] >= self.confirm}
+#: Drops the entries of ``labq:running:<worker>`` (KEYS[1]) that ended: not
+#: among the ids the main process still runs (ARGV[2:]) and written before
+#: ARGV[1] (s), so a task whose start the main process has yet to hear of
+#: keeps its entry.
+PRUNE_RUNNING = """
+local active = {}
+for i = 2, #ARGV do active[ARGV[i]] = true end
+local cutoff = tonumber(ARGV[1])
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local id = entries[i]
+  if not active[id] then
+    local ok, e = pcall(cjson.decode, entries[i + 1])
+    if not ok or type(e) ~= 'table' or tonumber(e['at'] or 0) < cutoff then
+      redis.call('HDEL', KEYS[1], id)
+    end
+  end
+end
+"""
 
 
 class Heartbeat:
     """Write this worker's heartbeat from a daemon thread; fence when Redis is gone.
 
     ``info`` is called for each beat and returns the live fields
-    (``queues``, ``concurrency``, ``busy``). ``fence`` kills the running
-    tasks and returns how many; it is called once per outage.
+    (``queues``, ``concurrency``, ``busy``, and ``active``: the ids of the
+    running tasks). ``fence`` kills the running tasks and returns how many;
+    it is called once per outage.
     """
 
     def __init__(self, url: str, hostname: str, ttl: float, *,
@@ -173,7 +151,11 @@ class Heartbeat:
             self._thread.join(timeout=self.interval * 2)
         if remove:
             try:
-                self.client.delete(worker_key(self.hostname))
+                pipe = self.client.pipeline(transaction=False)
+                pipe.delete(worker_key(self.hostname), running_key(self.hostname))
+                # Stopped cleanly: what it still listed was given back to its queue.
+                pipe.hdel(WORKERS_KEY, self.hostname)
+                pipe.execute()
                 if self.fair_share:
                     Backlogs(self.client).unregister(self.hostname)
             except redis.RedisError as exc:
@@ -194,6 +176,11 @@ class Heartbeat:
             pipe = self.client.pipeline(transaction=True)
             pipe.hset(worker_key(self.hostname), mapping=mapping)
             pipe.pexpire(worker_key(self.hostname), int(self.ttl * 1000))
+            pipe.hset(WORKERS_KEY, self.hostname, self.ttl)
+            # An entry younger than one beat may be a start the main process
+            # has yet to hear of: it waits for the next beat.
+            pipe.eval(PRUNE_RUNNING, 1, running_key(self.hostname),
+                      time.time() - self.interval, *fields.get("active", ()))
             if self.fair_share:
                 Backlogs.register(pipe, self.hostname, fields.get("queues", ()),
                                   int(mapping["concurrency"]), int(mapping["busy"]),

@@ -143,16 +143,19 @@ def park(task: Any, leases: Leases, own: Slots, since: float, wake_in: float,
 
 
 class Waker:
-    """Wakes parked waiters that are due and releases reservations whose
-    time is up, every :data:`SWEEP_EVERY` seconds, from a daemon thread of
-    the worker's main process."""
+    """Wakes parked waiters that are due, releases reservations whose time is
+    up and settles dead workers' tasks, every :data:`SWEEP_EVERY` seconds,
+    from a daemon thread of the worker's main process."""
 
     def __init__(self, leases: Leases, hostname: str,
-                 refill: Callable[[], int] | None = None) -> None:
+                 refill: Callable[[], int] | None = None,
+                 reap: Callable[[], int] | None = None) -> None:
         self.leases = leases
         self.reservations = Reservations(leases.client, leases)
         #: Also dispatch fair-share backlogs onto this worker's queues.
         self.refill = refill
+        #: Also settle the tasks of dead workers (labq.worker.reaper).
+        self.reap = reap
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name=f"labq-waker-{hostname}")
@@ -168,6 +171,11 @@ class Waker:
 
     def _loop(self) -> None:
         while not self._stop.wait(SWEEP_EVERY):
+            if self.reap is not None:
+                try:
+                    self.reap()
+                except Exception as exc:  # Redis away: the next sweep tries again
+                    log.warning("settling dead workers' tasks failed: %s", exc)
             if self.refill is not None:
                 try:
                     self.refill()

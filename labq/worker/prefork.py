@@ -27,6 +27,7 @@ from labq.worker.hub import LabqHub
 from labq.worker.killing import KillingRequest, install, pool_children, sweep_after_shutdown
 from labq.worker.liveness import Heartbeat
 from labq.worker.parking import Waker
+from labq.worker.reaper import Reaper
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,9 @@ class PreforkOnlyWorker(CeleryWorker):  # type: ignore[misc]
 
                 def refill() -> int:
                     return backlogs.refill(self._labq_beat_info()["queues"])
-            self._labq_waker = Waker(Leases(client), self.hostname, refill).start()
+            reaper = Reaper(client, self.hostname, settings, backend=self.app.backend)
+            self._labq_waker = Waker(Leases(client), self.hostname, refill,
+                                     reap=reaper.sweep).start()
 
     def _labq_beat_info(self) -> dict[str, Any]:
         from celery.worker import state
@@ -105,7 +108,19 @@ class PreforkOnlyWorker(CeleryWorker):  # type: ignore[misc]
         queues = sorted(self.app.amqp.queues.consume_from or self.app.amqp.queues)
         pool = getattr(self, "pool", None)
         size = getattr(pool, "num_processes", None) or self.concurrency
-        return {"queues": queues, "concurrency": size, "busy": len(state.active_requests)}
+        active = _active_ids(state.active_requests)
+        return {"queues": queues, "concurrency": size, "busy": len(active), "active": active}
+
+
+def _active_ids(requests: Any) -> list[str]:
+    """The ids of the running requests, read from the heartbeat's thread while
+    the main thread may change the set (a RuntimeError then: read again)."""
+    for _ in range(10):
+        try:
+            return [r.id for r in list(requests)]
+        except RuntimeError:
+            continue
+    return [r.id for r in tuple(requests)]
 
 
 def _fence_running_tasks() -> int:

@@ -34,16 +34,17 @@ from labq.keys import (
     OWNER_KWARG,
     RESERVED_KWARGS,
     RUN_KWARG,
-    RUN_TTL,
     cancel_key,
     done_key,
     fenced_key,
     log_key,
+    running_key,
     starts_key,
 )
 from labq.redis_client import connect
 from labq.settings import Settings
 from labq.worker.interrupt import armed, delivered
+from labq.worker.reaper import Running
 
 log = logging.getLogger(__name__)
 
@@ -251,10 +252,13 @@ class LabqTask(Task):  # type: ignore[misc]
                   "slot": slot_name(self.request.hostname), "pid": os.getpid()}
         self.request.labq_start = (run_id, record)
         pipe.hset(starts_key(run_id), task_id, json.dumps(record))
-        pipe.expire(starts_key(run_id), RUN_TTL)
+        pipe.expire(starts_key(run_id), int(settings.run_retention))
+        queue = (self.request.delivery_info or {}).get("routing_key")
+        # Whose task this is, should this worker die (labq.worker.reaper).
+        pipe.hset(running_key(self.request.hostname or ""), task_id,
+                  Running.entry(run_id, self.name, queue or "", bool(self.idempotent)))
         pipe.exists(cancel_key(run_id))
         pipe.hexists(fenced_key(run_id), task_id)
-        queue = (self.request.delivery_info or {}).get("routing_key")
         if settings.fair_share and queue:
             # Counted busy from now: fair share dispatches no message for this slot.
             Backlogs.started(pipe, self.request.hostname or "")
@@ -302,7 +306,7 @@ class LabqTask(Task):  # type: ignore[misc]
             pipe = worker_redis(settings.broker_url, settings).pipeline(transaction=False)
             pipe.xadd(done_key(run_id), {"task_id": task_id, "status": status},
                       maxlen=DONE_STREAM_MAXLEN, approximate=True)
-            pipe.expire(done_key(run_id), RUN_TTL)
+            pipe.expire(done_key(run_id), int(settings.run_retention))
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("cannot announce the end of task %s to run %s: %s", task_id, run_id, exc)

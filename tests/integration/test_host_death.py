@@ -1,4 +1,4 @@
-"""A worker host that dies mid-run (labq.worker.liveness, labq.client.dead_workers).
+"""A worker host that dies mid-run (labq.worker.liveness, labq.worker.reaper).
 
 Its running tasks become ``lost`` within the heartbeat TTL, or run again
 once elsewhere when idempotent; their leases are freed; a redelivered
@@ -8,6 +8,7 @@ worker tree; the link-cut case needs namespaces (tests/multihost).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from faults import kill_tree
 from labq.app import LabqCelery, create_app
 from labq.devices.lease import Leases
 from labq.embedded.stack import Stack, WorkerSpec, node_name
-from labq.keys import RUN_KWARG, SCRIPT_KWARG, parked_key
+from labq.keys import RESULT_PREFIX, RUN_KWARG, SCRIPT_KWARG, parked_key
 from labq.worker.liveness import read_workers
 from tasks import diag
 
@@ -95,8 +96,11 @@ def test_tasks_of_a_killed_host_become_lost_and_free_their_leases(
     echo = app.send_task("tasks.diag.echo", kwargs={"value": 1}, queue="labq")
     assert echo.get(timeout=30) == 1
     time.sleep(1)
-    # Run, it would have succeeded at once; ignored, it keeps the dead run's state.
-    assert app.AsyncResult(redelivered).state == "STARTED"
+    # Run, it would have succeeded at once; ignored, it keeps the end its
+    # dead worker's peer stored (labq.worker.reaper).
+    meta = json.loads(run.redis.get(f"{RESULT_PREFIX}{redelivered}"))
+    assert meta["status"] == "FAILURE" and meta["labq_reaped"], meta
+    assert meta["result"]["exc_type"] == "WorkerLostError"
 
 
 def test_idempotent_tasks_of_a_killed_host_run_again_once(
