@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,9 @@ from labq.app import LabqCelery, create_app
 from labq.embedded.ports import free_ports
 from labq.embedded.redis_server import RedisServer
 from labq.embedded.sim.testbeds import device_entry, write_testbed
-from labq.embedded.stack import Stack, WorkerSpec
+from labq.embedded.processes import spawn, stop_trees
+from labq.embedded.stack import PROJECT_ROOT, Stack, WorkerSpec, child_env, node_name, worker_argv
+from labq.keys import worker_key
 from labq.settings import Settings
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -291,3 +295,44 @@ def labq_cli_in_process(stack: Stack, monkeypatch: pytest.MonkeyPatch,
         return Ran(code, out.out, out.err)
 
     return call
+
+
+@dataclass
+class SideLab:
+    """Workers of their own on a database of the session's Redis (see :func:`side_workers`)."""
+
+    settings: Settings
+    #: Worker name -> its process (the main one; kill_tree takes the rest).
+    workers: dict[str, subprocess.Popen[bytes]]
+
+    def node(self, name: str) -> str:
+        return node_name(name)
+
+
+@contextmanager
+def side_workers(stack: Stack, db: int, names: Sequence[str], tmp: Path,
+                 queues: Sequence[str] = ("labq",), **changes: object) -> Iterator[SideLab]:
+    """Prefork workers ``names`` (two slots each) with settings ``changes``,
+    on database ``db`` of the session stack's Redis and its simulated lab:
+    cheaper than a stack of their own, and nothing they do (leases, runs,
+    heartbeats) meets the session workers'. The database is flushed first."""
+    base = stack.settings.broker_url.rsplit("/", 1)[0]
+    settings = stack.settings.replace(broker_url=f"{base}/{db}", state_dir=tmp, concurrency=2,
+                                      **changes)
+    client = redis.Redis.from_url(settings.broker_url)
+    client.flushdb()
+    env = child_env(settings)
+    procs = {name: spawn(worker_argv(settings, name, queues), log_path=tmp / f"{name}.log",
+                         env=env, cwd=PROJECT_ROOT) for name in names}
+    try:
+        end = time.monotonic() + 60
+        while not all(client.exists(worker_key(node_name(n))) for n in names):
+            dead = [n for n, p in procs.items() if p.poll() is not None]
+            assert not dead, f"workers {dead} exited; see {tmp}"
+            assert time.monotonic() < end, f"workers {list(names)} not up in 60 s; see {tmp}"
+            time.sleep(0.1)
+        yield SideLab(settings, procs)
+    finally:
+        stop_trees(list(procs.values()), timeout=10)
+        client.flushdb()
+        client.close()

@@ -11,6 +11,7 @@ argument.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -98,7 +99,7 @@ class Run:
                  logs: bool = True, grace: float | None = None,
                  report: str | os.PathLike[str] | None = None,
                  priority: str | Priority = Priority.NORMAL, owner: str | None = None,
-                 hold_on_failure: str | float | None = None) -> None:
+                 hold_on_failure: str | float | None = None, detach: bool = False) -> None:
         #: ``high`` takes free slots before ``normal``, ``normal`` before ``low``.
         self.priority = Priority.parse(priority)
         #: Who the run is for (the OS user by default): shown with its tasks everywhere.
@@ -119,6 +120,8 @@ class Run:
         self.soft_time_limit = soft_time_limit
         self.time_limit = time_limit
         self._setup(progress, logs, grace, report)
+        if detach:
+            self.detach()
         try:
             self.redis.ping()
             record_start(self.redis, self.id, name, self.script,
@@ -178,6 +181,8 @@ class Run:
         """What a run and a run attached to share: state, connection, streams."""
         #: True for a handle made by :meth:`attach`.
         self._attached = False
+        #: Leave the run going at the block's end (:meth:`detach`).
+        self._detached = False
         #: Seconds between a cancel's soft interrupt and its hard kill.
         self.grace = self.settings.cancel_grace if grace is None else grace
         #: Where the HTML report goes when the ``with`` block ends, however it ends.
@@ -488,6 +493,23 @@ class Run:
             log.warning("run %s: its cancel was not recorded in the registry: %s", self.id, exc)
         return self.outcomes
 
+    def detach(self) -> None:
+        """Leave the run going when the ``with`` block ends, or the script
+        does: no wait, no cancel (Ctrl-C and SIGTERM still cancel). Its
+        tasks run on; ``labq attach`` (the line printed then) gathers them."""
+        if not self._detached:
+            self._detached = True
+            atexit.register(self._announce_detach)
+
+    def _announce_detach(self) -> None:
+        """Say how to find the run again, once, if it has tasks out."""
+        if self._detached and self._pending() and not self._state.cancelled:
+            self._detached = False  # said once
+            print(f"labq: run {self.id} goes on without this testscript "
+                  f"({len(self._pending())} tasks not ended): 'labq attach {self.id}' "
+                  f"gathers it, 'labq report {self.id} -o report.html' reports it",
+                  file=sys.stderr, flush=True)
+
     # -- reporting and context --------------------------------------------
 
     def stop(self, reason: BaseException) -> NoReturn:
@@ -503,6 +525,7 @@ class Run:
         return write_report(Path(path), self.id, self.outcomes)
 
     def close(self) -> None:
+        self._announce_detach()
         if not self._attached:
             state = ("cancelled" if self._state.cancelled
                      else "done" if not self._pending() else "")
@@ -525,6 +548,8 @@ class Run:
         try:
             if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
                 self.stop(exc)  # Ctrl-C or SIGTERM inside the block
+            if self._detached and self._pending():
+                return  # close() says how to attach; a report now would be partial
             try:
                 if exc is None:
                     self.wait()

@@ -108,3 +108,33 @@ def test_runs_lists_newest_first_and_filters_by_owner_and_state(
     assert bad.returncode == 2 and "--since='soon'" in bad.stderr
     unknown = labq_cli(tmp_path, "attach", "no-such-run")
     assert unknown.returncode == 2 and "no run's id starts with 'no-such-run'" in unknown.stderr
+
+
+DETACHED = textwrap.dedent("""
+    import labq
+    from tasks import diag
+    with labq.Run("left", detach=True, progress=False, logs=False) as run:
+        ids = run.submit_many(diag.nap, [{"seconds": 3}] * 6)
+        print(run.id, *ids, flush=True)
+""")
+
+
+def test_a_detached_run_goes_on_and_is_gathered_by_attach(
+        stack: Stack, app: LabqCelery, tmp_path: Path, labq_cli: Callable[..., Ran]) -> None:
+    env = {**os.environ, **stack.settings.to_env(), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", DETACHED], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    run_id, *ids = done.stdout.split()
+    assert f"'labq attach {run_id}'" in done.stderr, done.stderr
+    # It left at once: six 3 s tasks were not waited for.
+    handle = labq.Run.attach(run_id, app=app, progress=False, logs=False)
+    handle.close()
+    assert [o.task_id for o in handle.outcomes] == ids
+    assert not all(o.status.final for o in handle.outcomes), handle.outcomes
+    out = labq_cli(tmp_path, "attach", run_id)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("succeeded") == 6 and '"slept": 3' in out.stdout, out.stdout
+    listed = json.loads(labq_cli(tmp_path, "runs", "--json").stdout)
+    (row,) = [r for r in listed if r["id"] == run_id]
+    assert row["state"] == "open" and row["counts"]["succeeded"] == 6
