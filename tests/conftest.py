@@ -26,9 +26,9 @@ from selenium.webdriver.chrome.service import Service
 
 from labq.app import LabqCelery, create_app
 from labq.embedded.ports import free_ports
+from labq.embedded.processes import spawn, stop_trees
 from labq.embedded.redis_server import RedisServer
 from labq.embedded.sim.testbeds import device_entry, write_testbed
-from labq.embedded.processes import spawn, stop_trees
 from labq.embedded.stack import PROJECT_ROOT, Stack, WorkerSpec, child_env, node_name, worker_argv
 from labq.keys import worker_key
 from labq.settings import Settings
