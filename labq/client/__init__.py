@@ -3,8 +3,9 @@
 A :class:`~labq.client.run.Run` checks each call (:mod:`.submission`),
 builds its message (:mod:`.messages`) and publishes it (:mod:`.publish`,
 :mod:`.wire`); then it reads the outcomes as they come (:mod:`.streams`,
-:mod:`.progress`), settles the tasks of dead workers (:mod:`.dead_workers`),
-cancels (:mod:`.cancel`) and reports (:mod:`.report`). :mod:`.pcall` is
+:mod:`.progress`), finds runs again (:mod:`.run_info`), cancels
+(:mod:`.cancel`) and reports (:mod:`.report`). The workers settle the tasks
+of dead workers (labq.worker.reaper); a run only reads their results. :mod:`.pcall` is
 pyATS's ``pcall`` on top of a run. What a run knows of its tasks is one
 :class:`~labq.client.run_state.RunState`.
 

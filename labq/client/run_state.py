@@ -1,10 +1,9 @@
-"""What a run knows of its tasks, shared by the run, its cancel and its
-dead-worker handling: calls, order, outcomes, queues.
+"""What a run knows of its tasks, shared by the run and its cancel: calls,
+order, outcomes, queues.
 
 :class:`labq.client.run.Run` owns one :class:`RunState`; the cancel
-(:mod:`labq.client.cancel`) and the settling of dead workers' tasks
-(:mod:`labq.client.dead_workers`) take it as an argument and change it
-only through its methods.
+(:mod:`labq.client.cancel`) takes it as an argument and changes it only
+through its methods.
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ from labq.outcome import Outcome, Status
 
 @dataclass(frozen=True)
 class Call:
-    """What one task was sent with, to send it again (an idempotent task
-    whose worker died)."""
+    """What one task was sent with: its queue (a cancel purges it) and limits."""
 
     name: str
     args: list[Any]
@@ -58,7 +56,8 @@ class RunState:
                                           status=Status.QUEUED, queued_at=at)
 
     def replace(self, old_id: str, new_id: str) -> Outcome:
-        """``new_id`` runs ``old_id``'s call again, in its place; its queued outcome."""
+        """``new_id`` runs ``old_id``'s call again, in its place (a worker sent
+        it after the first one's worker died: labq.worker.reaper); its queued outcome."""
         call = self._calls[old_id]
         self._queues.add(call.queue)
         self._calls[new_id] = call

@@ -297,7 +297,7 @@ class KillingRequest(Request):  # type: ignore[misc]
         # Celery cancels running late-ack tasks when the worker loses Redis
         # and stores RETRY, so the message, redelivered after the visibility
         # timeout, runs the task again. labq ends the task as cancelled
-        # instead: its run fences it (labq.client.dead_workers), nothing runs twice,
+        # instead: its run fences it (labq.client.cancel.fence_stopped), nothing runs twice,
         # and nobody waits an hour for the redelivery.
         if emit_retry:
             try:

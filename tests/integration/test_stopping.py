@@ -160,7 +160,7 @@ def test_labq_cancel_names_what_it_cannot_find(stack: Stack) -> None:
                          capture_output=True, text=True, env=env, timeout=60)
     assert cli.returncode == 2
     assert cli.stderr.strip() == ("labq: error: no run's id starts with 'no-such-run-' "
-                                  "in the last 7 days")
+                                  "(runs are kept 7 days)")
 
 
 def test_an_interrupt_that_the_task_turned_into_another_error_still_counts(
