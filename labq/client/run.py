@@ -18,11 +18,10 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
@@ -30,43 +29,33 @@ from typing import Any, NoReturn
 import redis
 
 from labq.app import LabqCelery, create_app
-from labq.client import publish
 from labq.client.cancel import cancel_run, fence_stopped
 from labq.client.explain import explain
 from labq.client.held import announce_holds
 from labq.client.interrupts import sigterm_interrupts, stop_run
-from labq.client.messages import Builder, TaskMessage, build
 from labq.client.progress import Progress
 from labq.client.publish import DEFAULT_CHUNK
 from labq.client.run_info import (
     one_run,
     read_tasks,
     record_end,
-    record_queues,
     record_start,
-    task_entries,
 )
 from labq.client.run_state import Call, RunState
 from labq.client.streams import RunStreams
 from labq.client.submission import (
-    check_json,
     check_limits,
     check_owner,
-    first,
     script_name,
-    task_name,
 )
-from labq.client.wire import uuid4_strings
+from labq.client.submitter import Submitter
 from labq.devices.reservations import Reservation
 from labq.errors import (
     BrokerUnavailable,
     LabqError,
-    PartialSubmit,
     RunInterrupted,
     RunTimeout,
-    SubmitError,
 )
-from labq.fairshare.backlogs import Backlogs
 from labq.fairshare.priority import Priority
 from labq.keys import (
     HOLD_KWARG,
@@ -76,7 +65,6 @@ from labq.keys import (
     SCRIPT_KWARG,
     cancel_key,
     starts_key,
-    tasks_key,
 )
 from labq.outcome import Outcome, outcome_from_meta
 from labq.redis_client import auth_failed, connect, retrying, unavailable
@@ -196,12 +184,12 @@ class Run:
         self._pushed_last = False
         #: Workers that lack each unknown task, asked once per name (labq.client.explain).
         self._lacking: dict[str, list[str]] = {}
-        #: Raw publishing templates of single submits (labq.client.publish).
-        self._wires: dict[Any, Any] = {}
         self.redis = connect(self.settings.backend_url, self.settings, socket_timeout=10,
                              socket_connect_timeout=5)
         self._streams = RunStreams(self.redis, self.id, logs)
-        self._backlogs = Backlogs(self.redis, self.settings) if self.settings.fair_share else None
+        self._submitter = Submitter(self.app, self.settings, self._state, self.redis,
+                                    tags=self._tags(), priority=self.priority,
+                                    limits=(self.soft_time_limit, self.time_limit))
         self._sigterm = ExitStack()
 
     # -- submitting -------------------------------------------------------
@@ -214,17 +202,7 @@ class Run:
         argument is not JSON, the device is not in the testbed, or the
         limits are invalid.
         """
-        name, soft, hard = self._prepare(task, soft_time_limit, time_limit)
-        check_json(name, args, kwargs)
-        if args and "device" not in kwargs and self._is_device_task(name):
-            # run.submit(execute, "r1", ...): the device goes where routing looks.
-            kwargs, args = {"device": args[0], **kwargs}, args[1:]
-        body = {**kwargs, **self._tags}
-        at = datetime.now(timezone.utc)
-        message = self._send(name, list(args), body, task_id=str(uuid.uuid4()),
-                             soft=soft, hard=hard, device=self._first_device(name, kwargs), at=at)
-        self._track_published([message], soft, hard, args=list(args), at=at)
-        return message.task_id
+        return self._submitter.submit(task, args, kwargs, soft_time_limit, time_limit)
 
     def submit_many(self, task: Any, kwargs_list: Iterable[Mapping[str, Any]], *,
                     soft_time_limit: float | None = None, time_limit: float | None = None,
@@ -240,111 +218,17 @@ class Run:
         ``task-sent`` events (about a third of the client's CPU per task);
         Flower then shows each task from the moment a worker receives it.
         """
-        name, soft, hard = self._prepare(task, soft_time_limit, time_limit)
-        builder = Builder(self.app, name, default_queue=self.settings.default_queue,
-                          soft_time_limit=soft, time_limit=hard, sent_event=sent_events)
-        items = list(kwargs_list)
-        messages = []
-        for kwargs, task_id in zip(items, uuid4_strings(len(items)), strict=True):
-            kwargs = dict(kwargs)
-            check_json(name, (), kwargs)
-            body = {**kwargs, **self._tags}
-            messages.append(builder.build((), body, task_id=task_id,
-                                          device=self._first_device(name, kwargs)))
-        at = datetime.now(timezone.utc)
-        try:
-            publish.publish(self.app, messages, chunk=chunk, broker=mask_url(self.settings.broker_url),
-                            sink=self._sink if self._backlogs else None,
-                            record=partial(self._record, at=at))
-        except PartialSubmit as exc:
-            queued = set(exc.queued)
-            self._track_published((m for m in messages if m.task_id in queued), soft, hard, at=at)
-            raise
-        self._track_published(messages, soft, hard, at=at)
-        return [m.task_id for m in messages]
+        return self._submitter.submit_many(task, kwargs_list, soft=soft_time_limit,
+                                           hard=time_limit, chunk=chunk,
+                                           sent_events=sent_events)
 
-    def _track_published(self, messages: Iterable[TaskMessage],
-                         soft: float | None = None, hard: float | None = None,
-                         args: list[Any] | None = None, *, at: datetime) -> None:
-        now = at  # as the registry has it (_record)
-        known = self._state.queues
-        for m in messages:
-            body = m.message[2][1]  # protocol 2 body: (args, kwargs, embed)
-            self._state.track(m.task_id, Call(m.name, args or [], body, m.queue, soft, hard),
-                              m.device, now)
-        if self._state.queues != known:  # a cancel from elsewhere purges these
-            try:
-                record_queues(self.redis, self.id, set(self._state.queues))
-            except redis.RedisError as exc:
-                log.warning("run %s: queues not recorded for labq cancel: %s", self.id, exc)
-
-    def _send(self, name: str, args: list[Any], body: dict[str, Any], *, task_id: str,
-              soft: float | None, hard: float | None, device: str | None = None,
-              at: datetime | None = None) -> TaskMessage:
-        """Build and publish one message.
-
-        Routing runs in the build: an unknown device is refused before any
-        publish.
-        """
-        message = build(
-            self.app, name, args, body, task_id=task_id, device=device,
-            default_queue=self.settings.default_queue, soft_time_limit=soft, time_limit=hard)
-        try:
-            publish.publish(self.app, [message], broker=mask_url(self.settings.broker_url),
-                            wires=self._wires,
-                            sink=self._sink if self._backlogs else None,
-                            record=partial(self._record, at=at or datetime.now(timezone.utc)))
-        except PartialSubmit as exc:
-            maybe = " (it may have been queued)" if exc.uncertain else ""
-            raise BrokerUnavailable(
-                f"cannot submit {name} as task {task_id}{maybe}: Redis at "
-                f"{mask_url(self.settings.broker_url)} failed: {exc.__cause__}") from exc
-        return message
-
-    @property
     def _tags(self) -> dict[str, Any]:
         """The reserved keyword arguments every task of this run carries."""
-        tags: dict[str, Any] = {RUN_KWARG: self.id, SCRIPT_KWARG: self.script, OWNER_KWARG: self.owner,
-                PRIORITY_KWARG: self.priority.value}
+        tags: dict[str, Any] = {RUN_KWARG: self.id, SCRIPT_KWARG: self.script,
+                                OWNER_KWARG: self.owner, PRIORITY_KWARG: self.priority.value}
         if self.hold_on_failure is not None:
             tags[HOLD_KWARG] = self.hold_on_failure
         return tags
-
-    def _sink(self, pipe: Any, queue: str, payloads: list[str]) -> None:
-        """Where the run's messages go: its fair-share backlog (labq.fairshare)."""
-        assert self._backlogs is not None
-        self._backlogs.submit(queue, self.id, self.priority, payloads, pipe)
-
-    def _record(self, pipe: Any, part: Sequence[TaskMessage], *, at: datetime) -> None:
-        """Add ``part`` to the run's registry, on the publish's pipeline (None: on our own)."""
-        own = pipe is None
-        pipe = self.redis.pipeline(transaction=False) if own else pipe
-        pipe.rpush(tasks_key(self.id), *task_entries(part, at))
-        pipe.expire(tasks_key(self.id), int(self.settings.run_retention))
-        if own:
-            pipe.execute()
-
-    def _prepare(self, task: Any, soft: float | None,
-                 hard: float | None) -> tuple[str, float | None, float | None]:
-        """The task's name and effective limits: the call's, else the run's,
-        else the task's own (decorator); refused when they cannot work."""
-        if self._state.cancelled:
-            raise SubmitError(f"run {self.id!r} is cancelled; submit to a new run")
-        name = task_name(self.app, task)
-        own = self.app.tasks[name]
-        soft = first(soft, self.soft_time_limit, own.soft_time_limit)
-        hard = first(hard, self.time_limit, own.time_limit)
-        check_limits(soft, hard, self.settings)
-        return name, soft, hard
-
-    def _first_device(self, name: str, kwargs: Mapping[str, Any]) -> str | None:
-        """The first role's device when it is named; a Pick's is known once it starts."""
-        roles = getattr(self.app.tasks.get(name), "labq_roles", ("device",))
-        value = kwargs.get(roles[0])
-        return value if isinstance(value, str) and value else None
-
-    def _is_device_task(self, name: str) -> bool:
-        return bool(getattr(self.app.tasks.get(name), "labq_device_task", False))
 
     # -- gathering --------------------------------------------------------
 
@@ -486,7 +370,7 @@ class Run:
         during the grace kills at once."""
         grace = self.grace if grace is None else grace
         cancel_run(self._state, self.redis, self.app.control, self.refresh, grace,
-                   self.settings.run_retention, backlogs=self._backlogs)
+                   self.settings.run_retention, backlogs=self._submitter.backlogs)
         try:
             record_end(self.redis, self.id, "cancelled", self.settings.run_retention)
         except redis.RedisError as exc:

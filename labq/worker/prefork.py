@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psutil
 from celery.apps.worker import Worker as CeleryWorker
 
 from labq.devices.lease import Leases
@@ -87,18 +88,21 @@ class PreforkOnlyWorker(CeleryWorker):  # type: ignore[misc]
         super().on_consumer_ready(consumer)
         if getattr(self, "_labq_heartbeat", None) is None:
             settings: Settings = self.app.labq_settings
+            client = connect(settings.broker_url, settings)
+            # No task of this process started before the process did.
+            reaper = Reaper(client, self.hostname, settings, backend=self.app.backend,
+                            started_at=psutil.Process().create_time())
+            reaper.settle_former_self()  # before the first heartbeat prunes its entries
             self._labq_heartbeat = Heartbeat(
                 settings.broker_url, self.hostname, settings.worker_ttl,
                 info=self._labq_beat_info, fence=_fence_running_tasks,
                 settings=settings).start()
-            client = connect(settings.broker_url, settings)
             refill = None
             if settings.fair_share:
                 backlogs = Backlogs(client, settings)
 
                 def refill() -> int:
                     return backlogs.refill(self._labq_beat_info()["queues"])
-            reaper = Reaper(client, self.hostname, settings, backend=self.app.backend)
             self._labq_waker = Waker(Leases(client), self.hostname, refill,
                                      reap=reaper.sweep).start()
 

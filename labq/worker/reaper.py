@@ -19,7 +19,8 @@ has been gone for half its TTL more is dead. One live worker, under the
 
 So a run's dead-worker tasks are settled whether or not a testscript is
 still gathering it; the testscript only reads the results. A worker that
-starts again under its name settles what its former self left.
+starts again under its name settles what its former self left, before its
+first heartbeat (:meth:`Reaper.settle_former_self`).
 """
 
 from __future__ import annotations
@@ -154,28 +155,27 @@ class Reaper:
     """One worker's part in settling dead workers' tasks (see the module)."""
 
     def __init__(self, client: redis.Redis, hostname: str, settings: Settings,
-                 backend: Any = None) -> None:
+                 backend: Any = None, started_at: float | None = None) -> None:
         self.client = client
         self.hostname = hostname
         self.settings = settings
         #: The result backend (labq.worker.backend.LabqRedisBackend) when it
         #: is another Redis than the broker.
         self.backend = backend if settings.backend_url != settings.broker_url else None
-        self.started_at = time.time()
+        #: When this worker started: its former self's tasks started before.
+        self.started_at = time.time() if started_at is None else started_at
         self._script = client.register_script(REAP_SCRIPT)
         self._missing_since: dict[str, float] = {}
-        self._own_checked = False
+
+    def settle_former_self(self) -> int:
+        """Settle what a former worker of this name (killed, then started
+        again within the TTL) left running. Before this worker's first
+        heartbeat, whose pruning would drop those entries."""
+        return self.reap(self.hostname, before=self.started_at)
 
     def sweep(self) -> int:
         """Settle the tasks of every worker found dead; returns how many."""
-        settled = 0
-        if not self._own_checked:
-            # What this worker's former self (same name, killed) left running.
-            settled += self.reap(self.hostname, before=self.started_at)
-            self._own_checked = True
-        for worker in self.dead():
-            settled += self.reap(worker)
-        return settled
+        return sum(self.reap(worker) for worker in self.dead())
 
     def dead(self) -> list[str]:
         """Workers whose heartbeat has been missing long enough."""

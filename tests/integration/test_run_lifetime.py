@@ -25,6 +25,7 @@ from labq.app import create_app
 from labq.devices.lease import Leases
 from labq.embedded.stack import Stack
 from labq.keys import RESULT_PREFIX, running_key, starts_key
+from labq.ops.run_list import run_rows
 from tasks import diag
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,6 +99,10 @@ def test_a_dead_workers_tasks_are_settled_with_no_testscript_alive(
         finally:
             run.close()
             app.close()
+        # labq runs counts four tasks: the rerun takes its first's place.
+        (row,) = run_rows(client)
+        assert row["tasks"] == 4 and row["counts"]["lost"] == 1, row
+        assert row["counts"]["succeeded"] == 3 and row["counts"]["queued"] == 0, row
     by_old = dict(zip(ids, outcomes, strict=True))
     for task_id in ids:
         outcome, meta = by_old[task_id], settled.get(task_id)
