@@ -274,6 +274,7 @@ class Reaper:
         payload = entry = ""
         if message is not None:
             payload = json.dumps(renamed(message, new_id))
+            # labq.client.run_info.task_entries' format: a rerun names its first.
             entry = json.dumps([new_id, e.task, "", e.queue, now.isoformat(), e.task_id])
         here = self.backend is None
         status = RERUN_STATUS if new_id else Status.LOST.value
