@@ -19,6 +19,7 @@ import click
 
 from labq.embedded.sim.command import sim as sim_command
 from labq.errors import LabqError
+from labq.ops.health_commands import COMMANDS as HEALTH_COMMANDS
 from labq.ops.reservation_commands import COMMANDS as RESERVATION_COMMANDS
 from labq.ops.run_commands import COMMANDS as RUN_COMMANDS
 from labq.settings import Settings
@@ -255,7 +256,7 @@ def demo(ctx: Context, keep: bool, testbed: Path | None) -> None:
 @pass_ctx
 def devices(ctx: Context, testbed: Path | None, broker: str | None, labels: tuple[str, ...],
             as_json: bool) -> None:
-    """List every device with its queue, labels, lease holders and waiters."""
+    """List every device with its health, queue, labels, lease holders and waiters."""
     from labq.ops.device_list import device_rows, parse_labels, print_device_rows, waiting_rows
 
     settings = ctx.settings(testbed=testbed, broker_url=broker)
@@ -346,7 +347,7 @@ def cancel(ctx: Context, run_id: str, grace: float | None, broker: str | None) -
 
 
 main.add_command(sim_command)
-for _command in (*RESERVATION_COMMANDS, *RUN_COMMANDS):
+for _command in (*RESERVATION_COMMANDS, *RUN_COMMANDS, *HEALTH_COMMANDS):
     main.add_command(_command)
 
 

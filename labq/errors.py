@@ -16,6 +16,7 @@
     │   ├── DeviceDisconnected  the device closed the connection mid-command
     │   ├── CommandTimeout      no prompt came back within the read timeout
     │   ├── DeviceBusy          the lease timeout passed while waiting
+    │   ├── DeviceUnavailable   the device is bad, in maintenance or retired
     │   ├── UnknownDevice       no such device in the testbed
     │   ├── DriverError         no usable driver or connection
     │   └── LeaseError          a malformed lease request
@@ -41,6 +42,7 @@ module (``exc_module``), so it stays ``labq.errors``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -155,6 +157,33 @@ class DeviceBusy(DeviceError):
         held_by = ", ".join(self.holders) or "nobody (queued behind earlier waiters)"
         return (f"device {self.device!r} still busy after waiting {self.waited:.1f} s; "
                 f"held by {held_by}")
+
+
+class DeviceUnavailable(DeviceError):
+    """A task's device is ``bad``, in ``maintenance`` or ``retired``
+    (labq.devices.health): the task fails at once, before any lease or
+    connection. The message names the device, its state, since when, by whom
+    and why (:meth:`naming`); ``state``, ``reason``, ``since`` and ``by``
+    carry the same where the error is raised."""
+
+    def __init__(self, message: str, *, device: str = "", state: str = "", reason: str = "",
+                 since: float = 0.0, by: str = "") -> None:
+        super().__init__(message, device=device)
+        self.state = state
+        self.reason = reason
+        self.since = since
+        self.by = by
+
+    @classmethod
+    def naming(cls, device: str, state: str, reason: str = "", since: float = 0.0,
+               by: str = "") -> DeviceUnavailable:
+        when = (time.strftime(" since %Y-%m-%d %H:%M UTC", time.gmtime(since))
+                if since else "")
+        who = f" by {by}" if by else ""
+        why = f": {reason}" if reason else ""
+        return cls(f"device {device!r} is unavailable: {state}{when}{who}{why}; "
+                   f"'labq resume {device}' puts it back", device=device, state=state,
+                   reason=reason, since=since, by=by)
 
 
 class UnknownDevice(DeviceError):

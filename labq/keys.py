@@ -49,6 +49,13 @@ key                             type    holds                                  e
 ``labq:run:{run}:holds``        HASH    task id -> JSON {id, token, devices,   retention
                                         until}: a failed task's devices held
                                         for the run's owner
+``labq:health``                 HASH    device -> health state (good, bad,     none
+                                        maintenance, retired; absent:
+                                        unknown): the lease scripts read it
+``labq:health:records``         HASH    device -> JSON {state, reason, since,  none
+                                        by}: the current record
+``labq:health:{d}:log``         STREAM  the device's health records, oldest    never; trimmed to
+                                        first                                  ``HEALTH_LOG_MAXLEN``
 ``labq:waitsince:{h}``          STRING  a retried waiter's first-wait time     lease timeout + 60 s
 ``labq:parked:{h}``             HASH    a parked waiter's retry message, its   none: it leaves when
                                         queue's list, first-wait time and      woken (a message is
@@ -249,6 +256,19 @@ RESERVATION_LOG_MAXLEN = 1000
 def holds_key(run_id: str) -> str:
     """The run's failed tasks whose devices were held for its owner (``hold_on_failure``)."""
     return run_key(run_id, "holds")
+
+
+#: Each device's health state; the lease scripts refuse new work on a blocking one.
+HEALTH_KEY = PREFIX + "health"
+#: Each device's health record (state, reason, since, by), as JSON.
+HEALTH_RECORDS_KEY = PREFIX + "health:records"
+#: Entries kept in a device's health history.
+HEALTH_LOG_MAXLEN = 100
+
+
+def health_log_key(device: str) -> str:
+    """``device``'s health history (labq.devices.health)."""
+    return f"{PREFIX}health:{device}:log"
 
 
 def wait_since_key(holder: str) -> str:

@@ -31,17 +31,22 @@ from typing import Any
 import redis
 
 from labq.devices import lease_scripts as scripts
-from labq.errors import BrokerUnavailable, DeviceBusy, LeaseError
+from labq.errors import BrokerUnavailable, DeviceBusy, DeviceUnavailable, LeaseError
 from labq.keys import (
     DEVICES_KEY,
+    HEALTH_KEY,
+    HEALTH_LOG_MAXLEN,
+    HEALTH_RECORDS_KEY,
     PARKED_KEY,
     PREFIX,
     RESERVATION_HOLDER,
     RESERVED_SUFFIXES,
+    health_log_key,
     held_key,
     lease_keys,
     parked_key,
     waiting_key,
+    watch_key,
 )
 from labq.redis_client import text, unavailable
 from labq.settings import mask_url
@@ -189,6 +194,7 @@ class Leases:
         self._park = client.register_script(scripts.PARK)
         self._wake_due = client.register_script(scripts.WAKE_DUE)
         self._unpark = client.register_script(scripts.UNPARK)
+        self._set_health = client.register_script(scripts.SET_HEALTH)
 
     def _argv(self, *args: object) -> list[object]:
         return [PREFIX, int(self.waiter_ttl * 1000), *args]
@@ -223,7 +229,10 @@ class Leases:
         pipe.evalsha(self._acquire.sha, len(keys), *keys, *self._argv(*args))
 
     def acquire_answer(self, device: str, holder: str, reply: Any) -> Grant | Wait:
-        """The :class:`Grant` or :class:`Wait` that an acquire's ``reply`` means."""
+        """The :class:`Grant` or :class:`Wait` that an acquire's ``reply`` means;
+        :class:`DeviceUnavailable` if the device's health blocks new work."""
+        if int(reply[0]) == -1:
+            raise unavailable_device(reply)
         if int(reply[0]) == 1:
             return Grant(device, holder, int(reply[1]) / 1000)
         first, now = float(text(reply[2])), int(reply[3])
@@ -272,6 +281,8 @@ class Leases:
                 names.append(device)
         reply = self._run(self._acquire_set,
                           [held_key(holder), waiting_key(holder), DEVICES_KEY], *args)
+        if int(reply[0]) == -1:
+            raise unavailable_device(reply)
         if int(reply[0]) == 1:
             return SetGrant(tuple(text(d) for d in reply[2]), holder, int(reply[1]) / 1000)
         first, now = float(text(reply[1])), int(reply[2])
@@ -367,6 +378,15 @@ class Leases:
         keys = [*lease_keys(device), waiting_key(holder), DEVICES_KEY]
         return int(self._run(self._abandon, keys, device, holder)) == 1
 
+    def set_health(self, device: str, state: str, record: str) -> list[str]:
+        """Record ``device``'s health ``state`` and ``record`` (JSON) for
+        labq.devices.health, and wake the parked waiters it decides; their ids."""
+        _check("device", device)
+        keys = [HEALTH_KEY, HEALTH_RECORDS_KEY, health_log_key(device), PARKED_KEY,
+                watch_key(device), lease_keys(device)[2]]
+        return [text(w) for w in self._run(self._set_health, keys, device, state, record,
+                                           HEALTH_LOG_MAXLEN)]
+
     def holders(self, device: str) -> list[Holder]:
         found = self._states(device)
         return found[0].holders if found else []
@@ -396,3 +416,12 @@ class Leases:
                        for i in range(0, len(flat_w), 2)]
             out.append(DeviceLeases(text(name), holders, waiters))
         return out
+
+
+def unavailable_device(reply: Any) -> DeviceUnavailable:
+    """The error a lease script's ``{-1, device, record}`` reply means."""
+    device = text(reply[1])
+    raw = json.loads(text(reply[2])) if len(reply) > 2 and reply[2] else {}
+    return DeviceUnavailable.naming(device, str(raw.get("state", "unavailable")),
+                                    str(raw.get("reason", "")), float(raw.get("since") or 0),
+                                    str(raw.get("by", "")))

@@ -85,12 +85,34 @@ local function ahead_of(d, h, since)  -- waiters before h: its rank if in line, 
   end
   return rank
 end
+-- A device whose health state blocks (labq.devices.health) takes no new
+-- task; a person's reservation may still take it.
+local BLOCKING = {bad = true, maintenance = true, retired = true}
+local function blocked(d, h)
+  if h and is_resv(h) then return false end
+  local s = redis.call('HGET', P..'health', d)
+  return s ~= false and BLOCKING[s] == true
+end
+local function unavailable(d)  -- the reply that fails a task: DeviceUnavailable
+  return {-1, d, redis.call('HGET', P..'health:records', d) or ''}
+end
 local function open_to(d, h, since, max)
-  return ahead_of(d, h, since) < max - used(d)
+  return not blocked(d, h) and ahead_of(d, h, since) < max - used(d)
 end
 local function free_now(d, max)  -- a newcomer would get a session of d now
   local _, _, wait = keys(d)
-  return used(d) < max and redis.call('ZCARD', wait) == 0
+  return not blocked(d) and used(d) < max and redis.call('ZCARD', wait) == 0
+end
+-- The first slot whose candidates all block h, or nil.
+local function all_blocked(slots, h)
+  for _, slot in ipairs(slots) do
+    local open = false
+    for _, d in ipairs(slot) do
+      if not blocked(d, h) then open = true; break end
+    end
+    if not open then return slot end
+  end
+  return nil
 end
 -- One distinct device per slot (lists of names) among those ok(d) allows,
 -- by augmenting paths: owner[d] = its slot, or nil if some slot stays empty.
@@ -127,6 +149,7 @@ local function ready(h)
   if not v[2] then return false end
   local since, own, maxes = tonumber(v[1]), cjson.decode(v[2]), cjson.decode(v[3])
   if match(own, function(d) return open_to(d, h, since, maxes[d]) end) then return 1 end
+  if all_blocked(own, h) then return 1 end  -- woken to fail at once
   for _, q in ipairs(cjson.decode(v[4])) do
     if match(q, function(d) return free_now(d, maxes[d]) end) then return 1 end
   end
@@ -243,6 +266,10 @@ local function grant(fresh)
   return {1, now + ttl}
 end
 if redis.call('ZSCORE', lease, h) then return grant(false) end
+if blocked(d, h) then
+  unwait(d, h); tidy(d)
+  return unavailable(d)
+end
 if not redis.call('ZSCORE', wait, h) then
   -- a waiter dropped as stale comes back with its first-wait time
   local since = tonumber(ARGV[9])
@@ -285,6 +312,11 @@ for s = 1, nslots do
   slots[s] = c
 end
 if since <= 0 or since > now then since = now end
+local shut = all_blocked(slots, h)
+if shut then
+  for _, d in ipairs(order) do unwait(d, h); tidy(d) end
+  return unavailable(shut[1])
+end
 local old = now - since >= reserve
 -- free[d]: a session of d is open to h (none of the waiters ahead of h holds
 -- it up); close[d]: it will be once d's holders leave
@@ -292,8 +324,9 @@ local free, close = {}, {}
 for _, d in ipairs(order) do
   purge(d)
   local ahead = ahead_of(d, h, since)
-  free[d] = ahead < maxof[d] - used(d)
-  close[d] = ahead < maxof[d]
+  local shut_d = blocked(d, h)
+  free[d] = not shut_d and ahead < maxof[d] - used(d)
+  close[d] = not shut_d and ahead < maxof[d]
 end
 local owner = match(slots, function(d) return free[d] end)
 if owner then
@@ -546,4 +579,27 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', idx, '-inf', now, 'LIMIT', 0, to
   out[#out + 1] = id
 end
 return out
+"""
+
+# ARGV: prefix, wttl, device, state, record (JSON), history maxlen. Sets a
+# device's health (labq.devices.health). Parked waiters that can no longer be
+# served (every candidate of a slot now blocks them) are woken to fail at
+# once; an unblocked device wakes those it now serves. Returns the woken.
+SET_HEALTH = LUA_LIB + """
+local d, state = ARGV[3], ARGV[4]
+redis.call('HSET', P..'health', d, state)
+redis.call('HSET', P..'health:records', d, ARGV[5])
+redis.call('XADD', P..'health:'..d..':log', 'MAXLEN', '~', ARGV[6], '*', 'record', ARGV[5])
+local woken = {}
+for _, w in ipairs(redis.call('ZRANGE', P..'watch:'..d, 0, -1)) do
+  if redis.call('EXISTS', parked(w)) == 1 and ready(w) == 1 then
+    wake(w); woken[#woken + 1] = w
+  end
+end
+for _, w in ipairs(redis.call('ZRANGE', P..'wait:'..d, 0, -1)) do
+  if redis.call('EXISTS', parked(w)) == 1 and ready(w) == 1 then
+    wake(w); woken[#woken + 1] = w
+  end
+end
+return woken
 """

@@ -11,6 +11,7 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
+from labq.devices.health import HealthBook
 from labq.devices.lease import Leases
 from labq.devices.pick import Pick
 from labq.devices.testbed_yaml import load_testbed
@@ -47,13 +48,14 @@ def device_rows(settings: Settings, labels: Pick | None = None) -> list[dict[str
     client = connect(settings.broker_url, settings, socket_timeout=5)
     try:
         state = {d.device: d for d in Leases(client).snapshot()}
+        names = set(testbed.devices) | set(state) if labels is None else {
+            d.name for d in testbed if labels.matches(d)}
+        health = HealthBook(client).get(names)
     except redis.RedisError as exc:
         raise BrokerUnavailable(unavailable(settings.broker_url, exc, settings)) from exc
     finally:
         client.close()
     rows = []
-    names = set(testbed.devices) | set(state) if labels is None else {
-        d.name for d in testbed if labels.matches(d)}
     for name in sorted(names, key=natural_key):
         dev = testbed.devices.get(name)
         leases = state.get(name)
@@ -63,6 +65,8 @@ def device_rows(settings: Settings, labels: Pick | None = None) -> list[dict[str
             "max_sessions": dev.max_sessions if dev else None,
             "address": dev.address if dev else "",
             "labels": dev.all_labels if dev else {},
+            "health": {"state": health[name].state.value, "reason": health[name].reason,
+                       "since": health[name].since, "by": health[name].by},
             "holders": [
                 {"task_id": h.holder, "task": h.task, "worker": h.worker,
                  "since": h.since, "expires_at": h.expires_at,
@@ -96,7 +100,7 @@ def print_device_rows(rows: list[dict[str, Any]], console: Console | None = None
                       waiting: list[RunWaiting] | None = None) -> None:
     now = time.time()
     table = Table(title="devices")
-    for col in ("device", "queue", "labels", "sessions",
+    for col in ("device", "health", "queue", "labels", "sessions",
                 "holders (task @ worker, held, expires in; with its other devices)", "waiters"):
         table.add_column(col)
     for row in rows:
@@ -107,7 +111,10 @@ def print_device_rows(rows: list[dict[str, Any]], console: Console | None = None
             for h in row["holders"])
         waiters = ", ".join(f"{w['position']}:{w['task_id'][:8]}" for w in row["waiters"])
         own = {k: v for k, v in row["labels"].items() if k not in ("os", "type")}
-        table.add_row(row["device"], row["queue"],
+        health = row["health"]
+        shown = health["state"] + (f" ({health['reason']})"
+                                   if health["state"] not in ("good", "unknown") else "")
+        table.add_row(row["device"], shown, row["queue"],
                       " ".join(f"{k}={v}" for k, v in own.items()),
                       f"{len(row['holders'])}/{row['max_sessions'] or '?'}", holders, waiters)
     console = console or Console()
