@@ -312,6 +312,14 @@ def _labels(raw: dict[str, Any], ctx: _Ctx) -> dict[str, str]:
     return out
 
 
+def check_sim_knobs(raw: Any, source: str, device: str) -> dict[str, Any]:
+    """``raw`` as valid ``custom.labq.sim`` knobs of ``device`` (the sim's
+    control endpoint changes them at run time); :class:`TestbedError` naming
+    the knob and value otherwise."""
+    ctx = _Ctx(source, device)
+    return _sim(ctx.mapping(raw, "custom.labq.sim"), ctx)
+
+
 def _sim(raw: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in raw.items():

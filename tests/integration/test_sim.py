@@ -41,15 +41,16 @@ def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
     tmp = tmp_path_factory.mktemp("sim")
-    p = free_ports(8)
+    p = free_ports(9)
     knobs: dict[str, dict[str, Any]] = {
         "plain": {}, "slow": {"latency": LATENCY}, "hangs": {"hang": "^show version"},
         "trickle": {"slow_chars": SLOW}, "drops": {"disconnect_on": "^reload"},
         "locked": {"auth_fail": True}, "gone": {"unreachable": True},
+        "shifty": {"latency": 0.01},
     }
     devices = {name: device_entry("127.0.0.1", port, sim=sim)
-               for (name, sim), port in zip(knobs.items(), p[:7], strict=True)}
-    devices["guarded"] = device_entry("127.0.0.1", p[7], credentials={
+               for (name, sim), port in zip(knobs.items(), p[:8], strict=True)}
+    devices["guarded"] = device_entry("127.0.0.1", p[8], credentials={
         "enable": {"password": ENABLE}})
     path = write_testbed(tmp / "testbed.yaml", devices, name="sim-test")
     with SimProcess(path, state_dir=tmp / "state") as process:
@@ -250,7 +251,7 @@ def test_exec_request_runs_one_command(lab: SimProcess) -> None:
 def test_control_endpoint(lab: SimProcess) -> None:
     everything = sim_state(lab.control_url, events=False)
     assert set(everything) == {"plain", "slow", "hangs", "trickle", "drops", "locked", "gone",
-                               "guarded"}
+                               "guarded", "shifty"}
     assert "events" not in everything["plain"]
     assert everything["plain"]["port"] == lab.ports["plain"]
     with pytest.raises(SimLabError, match="HTTP 404"):
@@ -298,3 +299,42 @@ def test_a_thousand_devices_in_one_process(tmp_path: Path) -> None:
         assert proc.memory_info().rss < 400 * 2**20
         pid = big.pid
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_fault_knobs_change_at_run_time_and_come_back(lab: SimProcess) -> None:
+    port = lab.ports["shifty"]
+    try:
+        session = connect(lab, "shifty")
+        # Unreachable: the port closes and the open session is dropped.
+        assert lab.set_faults("shifty", unreachable=True) == {"latency": 0.01,
+                                                               "unreachable": True}
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        with pytest.raises((OSError, EOFError, ValueError, NetmikoTimeoutException)):
+            session.send_command("show version", read_timeout=3)
+        assert sim_state(lab.control_url, "shifty")["listening"] is False
+        # Reachable again, on the same port; then refusing logins.
+        lab.set_faults("shifty", unreachable=False)
+        with connect(lab, "shifty") as again:
+            assert "shifty uptime is" in again.send_command("show version")
+        lab.set_faults("shifty", auth_fail=True)
+        with pytest.raises(NetmikoAuthenticationException):
+            connect(lab, "shifty")
+        # Back to the testbed's knobs.
+        assert lab.clear_faults("shifty") == {"latency": 0.01}
+        with connect(lab, "shifty") as back:
+            assert "shifty uptime is" in back.send_command("show version")
+    finally:
+        lab.clear_faults("shifty")
+    events_seen = [e["event"] for e in sim_state(lab.control_url, "shifty")["events"]]
+    assert "unreachable" in events_seen and "reachable" in events_seen
+
+
+def test_a_bad_fault_knob_is_refused_by_name(lab: SimProcess) -> None:
+    with pytest.raises(SimLabError, match=r"HTTP 400.*sideways.*unknown sim knob"):
+        lab.set_faults("shifty", sideways=True)
+    with pytest.raises(SimLabError, match=r"HTTP 400.*latency=-1.*0 or more"):
+        lab.set_faults("shifty", latency=-1)
+    with pytest.raises(SimLabError, match=r"HTTP 404.*'r99'"):
+        lab.set_faults("r99", hang="x")
+    assert sim_state(lab.control_url, "shifty")["faults"] == {"latency": 0.01}

@@ -8,7 +8,7 @@ accounting, and ``make_testbed`` writes testbeds on free loopback ports.
 from __future__ import annotations
 
 from labq.embedded.ports import free_ports
-from labq.embedded.sim.control import sim_reset, sim_state
+from labq.embedded.sim.control import sim_faults, sim_reset, sim_state
 from labq.embedded.sim.process import SimProcess
 from labq.embedded.sim.runner import serve
 from labq.embedded.sim.server import SimLab
@@ -20,6 +20,7 @@ __all__ = [
     "free_ports",
     "make_testbed",
     "serve",
+    "sim_faults",
     "sim_reset",
     "sim_state",
     "write_testbed",

@@ -26,6 +26,16 @@ def sim(testbed: Path | None, control_port: int, ready_file: Path | None, loglev
 
     Devices emulate a Cisco IOS-XE CLI for netmiko's cisco_ios driver; the
     fault knobs under each device's custom.labq.sim apply.
+
+    \b
+    The control endpoint (JSON over HTTP on 127.0.0.1:CONTROL_PORT):
+      GET    /devices[?events=0]        sessions, peaks, events, faults
+      GET    /devices/NAME              one device
+      POST   /reset                     clear events and peaks
+      POST   /devices/NAME/faults       set fault knobs now, e.g.
+             {"unreachable": true}, {"hang": "^show ver"}, {"latency": 0.5},
+             {"slow_chars": 0.01}, {"disconnect_on": "^show"}, {"auth_fail": true}
+      DELETE /devices/NAME/faults       back to the testbed's knobs
     """
     from labq.devices.testbed_yaml import load_testbed
     from labq.embedded.sim.runner import serve

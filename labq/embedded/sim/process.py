@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from labq.embedded.processes import spawn, stop_tree
-from labq.embedded.sim.control import sim_reset, sim_state
+from labq.embedded.sim.control import sim_faults, sim_reset, sim_state
 from labq.errors import SimLabError
 
 
@@ -99,6 +99,14 @@ class SimProcess:
 
     def reset(self) -> None:
         sim_reset(self.control_url)
+
+    def set_faults(self, device: str, **knobs: Any) -> dict[str, Any]:
+        """Change ``device``'s fault knobs now (see :func:`sim_faults`)."""
+        return sim_faults(self.control_url, device, knobs)
+
+    def clear_faults(self, device: str) -> dict[str, Any]:
+        """Give ``device`` its testbed's fault knobs again."""
+        return sim_faults(self.control_url, device, None)
 
     def _log_tail(self, lines: int = 30) -> str:
         try:

@@ -28,7 +28,7 @@ with warnings.catch_warnings():
     import asyncssh
 
 from labq.devices.testbed import Connection, Device, Testbed
-from labq.devices.testbed_yaml import as_testbed
+from labq.devices.testbed_yaml import as_testbed, check_sim_knobs
 from labq.embedded.sim.accounting import Faults, SessionLog
 from labq.embedded.sim.cli_emulator import IosCli, Mode
 from labq.embedded.sim.control import start_control
@@ -46,6 +46,8 @@ class SimDevice:
     ip: str
     port: int  # the actual port once listening (or the closed one when unreachable)
     faults: Faults
+    #: The knobs behind ``faults`` (the testbed's, until the control endpoint changes them).
+    knobs: dict[str, Any] = field(default_factory=dict)
     log: SessionLog = field(default_factory=SessionLog)
     acceptor: asyncssh.SSHAcceptor | None = None
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
@@ -54,7 +56,7 @@ class SimDevice:
 
     def snapshot(self, events: bool = True) -> dict[str, Any]:
         return {**self.log.snapshot(events), "ip": self.ip, "port": self.port,
-                "listening": self.acceptor is not None}
+                "listening": self.acceptor is not None, "faults": dict(self.knobs)}
 
 
 def ssh_connection(device: Device) -> Connection | None:
@@ -266,6 +268,7 @@ class SimLab:
         self.control_port = control_port
         self._host_key = host_key
         self._control: asyncio.Server | None = None
+        self._key: asyncssh.SSHKey | None = None
         self.devices: dict[str, SimDevice] = {}
         for device in self.testbed:
             conn = ssh_connection(device)
@@ -273,7 +276,7 @@ class SimLab:
                 continue  # a command: or telnet device is not simulated here
             assert conn.ip is not None and conn.port is not None
             self.devices[device.name] = SimDevice(device, conn.ip, conn.port,
-                                                  Faults.from_sim(device.sim))
+                                                  Faults.from_sim(device.sim), dict(device.sim))
 
     @property
     def control_url(self) -> str | None:
@@ -297,14 +300,15 @@ class SimLab:
 
     async def start(self) -> SimLab:
         """Open every listener (and the control endpoint); errors name the device."""
-        key = self._host_key or asyncssh.generate_private_key("ssh-ed25519")
+        key = self._key = self._host_key or asyncssh.generate_private_key("ssh-ed25519")
         results = await asyncio.gather(*(self._listen(dev, key) for dev in self.devices.values()),
                                        return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if not errors and self.control_port is not None:
             try:
                 self._control = await start_control(self.state, self.reset,
-                                                    self.control_host, self.control_port)
+                                                    self.control_host, self.control_port,
+                                                    faults=self.set_faults)
             except OSError as exc:
                 errors.append(SimLabError(f"control endpoint {self.control_host}:"
                                           f"{self.control_port}: {exc.strerror}"))
@@ -312,6 +316,36 @@ class SimLab:
             await self.stop()
             raise errors[0]
         return self
+
+    async def set_faults(self, name: str, knobs: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Change device ``name``'s fault knobs now (``knobs`` over its current
+        ones; None: the testbed's again); its knobs, or None for no such
+        device. Turning ``unreachable`` closes its port and drops its
+        connections; turning it off listens again on the same port."""
+        dev = self.devices.get(name)
+        if dev is None:
+            return None
+        merged = dict(dev.device.sim) if knobs is None else {**dev.knobs, **knobs}
+        merged = check_sim_knobs(merged, "the sim's control endpoint", name)
+        was_unreachable = dev.faults.unreachable
+        dev.knobs, dev.faults = merged, Faults.from_sim(merged)
+        if dev.faults.unreachable and not was_unreachable:
+            await self._close(dev)
+            dev.log.record("unreachable")
+        elif was_unreachable and not dev.faults.unreachable and self._key is not None:
+            await self._listen(dev, self._key)
+            dev.log.record("reachable")
+        return dict(merged)
+
+    @staticmethod
+    async def _close(dev: SimDevice) -> None:
+        if dev.acceptor is not None:
+            dev.acceptor.close()
+            with contextlib.suppress(Exception):
+                await dev.acceptor.wait_closed()
+            dev.acceptor = None
+        for conn in list(dev.connections):
+            conn.abort()
 
     async def _listen(self, dev: SimDevice, key: asyncssh.SSHKey) -> None:
         if dev.faults.unreachable:
