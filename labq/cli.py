@@ -295,6 +295,30 @@ def scale(ctx: Context, host: str, size: int) -> None:
 
 
 @main.command()
+@_option("--address", envvar="LABQ_EXPORTER_ADDRESS", default=None,
+         help=f"Address to serve on.  [default: {DEFAULTS.exporter_address}]")
+@_option("--port", envvar="LABQ_EXPORTER_PORT", type=int, default=None,
+         help=f"Port to serve on (0 picks a free one).  [default: {DEFAULTS.exporter_port}]")
+@_option("--broker", envvar="LABQ_BROKER_URL", default=None,
+         help="Redis URL of the lab (the flower user's rights will do).  "
+              "[default: from settings]")
+@pass_ctx
+def exporter(ctx: Context, address: str | None, port: int | None, broker: str | None) -> None:
+    """Serve the lab's Prometheus metrics at /metrics: device health, leases
+    and waiters, queue depths and consumers, worker slots, open runs' tasks."""
+    from labq.ops.metrics import serve
+
+    settings = ctx.settings(exporter_address=address, exporter_port=port, broker_url=broker)
+    try:
+        serve(settings, settings.exporter_address, settings.exporter_port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on {settings.exporter_address}:"
+                                   f"{settings.exporter_port}: {exc.strerror}") from exc
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
 @_option("--broker", envvar="LABQ_BROKER_URL", default=None,
          help="Redis URL of the lab.  [default: from settings]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")

@@ -79,6 +79,9 @@ class Settings:
     cancel_grace: float = 5.0
     flower_address: str = "127.0.0.1"
     flower_port: int = 5555
+    #: Where ``labq exporter`` serves the lab's Prometheus metrics (/metrics).
+    exporter_address: str = "127.0.0.1"
+    exporter_port: int = 9808
     flower_user: str = "labq"
     flower_password: str = ""
     #: Where the embedded stack keeps Redis data, configs and logs.
@@ -387,6 +390,8 @@ def _validate(s: Settings) -> None:
                   "LABQ_REDIS_TLS_CERT and LABQ_REDIS_TLS_KEY go together")
     if not 0 <= s.flower_port <= 65535:
         raise bad("flower_port", "must be a TCP port, 0 to 65535")
+    if not 0 <= s.exporter_port <= 65535:
+        raise bad("exporter_port", "must be a TCP port, 0 to 65535")
     if s.result_expires < 1:
         raise bad("result_expires", "must be at least 1 second")
     if not s.run_retention >= 1:

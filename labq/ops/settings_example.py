@@ -73,6 +73,10 @@ GROUPS: tuple[tuple[str, dict[str, str]], ...] = (
      "needs a password. Prefer LABQ_FLOWER_PASSWORD over writing it here.", {
         "flower_address": "", "flower_port": "", "flower_user": "", "flower_password": "",
     }),
+    ("labq exporter: the lab's Prometheus metrics (devices, queues, workers, runs),\n"
+     "served at http://ADDRESS:PORT/metrics.", {
+        "exporter_address": "", "exporter_port": "",
+    }),
     ("", {
         "state_dir": "Where `labq up` / `labq demo` keep Redis data, configs and logs.",
         "redis_server": "redis-server binary for the embedded stack; empty means PATH, then\n"
