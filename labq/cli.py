@@ -105,22 +105,28 @@ def _ignore_interrupts() -> None:
          help="Port for the embedded Redis (0 picks a free one).")
 @_option("--flower-port", envvar="LABQ_FLOWER_PORT", type=int, default=None,
          help=f"Port for Flower (0 picks a free one).  [default: {DEFAULTS.flower_port}]")
+@_option("--exporter-port", envvar="LABQ_EXPORTER_PORT", type=int, default=None,
+         help=f"Port for the metrics exporter (0 picks a free one).  "
+              f"[default: {DEFAULTS.exporter_port}]")
 @_option("--concurrency", envvar="LABQ_CONCURRENCY", type=int, default=None,
          help=f"Prefork children per worker.  [default: from settings, {DEFAULTS.concurrency}]")
 @_option("--testbed", envvar="LABQ_TESTBED", default=None,
          type=click.Path(dir_okay=False, path_type=Path),
          help=f"Testbed of the simulated lab.  [default: {DEFAULTS.testbed}]")
 @pass_ctx
-def up(ctx: Context, redis_port: int, flower_port: int | None, concurrency: int | None,
-       testbed: Path | None) -> None:
-    """Run Redis, two lab-host workers and Flower on loopback until Ctrl-C."""
+def up(ctx: Context, redis_port: int, flower_port: int | None, exporter_port: int | None,
+       concurrency: int | None, testbed: Path | None) -> None:
+    """Run Redis, two lab-host workers, Flower and the metrics exporter on
+    loopback until Ctrl-C."""
     from labq.embedded.stack import Stack
 
-    settings = ctx.settings(flower_port=flower_port, concurrency=concurrency, testbed=testbed)
-    stack = Stack(settings, redis_port=redis_port)
+    settings = ctx.settings(flower_port=flower_port, exporter_port=exporter_port,
+                            concurrency=concurrency, testbed=testbed)
+    stack = Stack(settings, redis_port=redis_port, with_exporter=True)
     with _terminate_on_sigterm():
         try:
-            click.echo("starting the simulated lab, Redis, workers lab-a and lab-b, and Flower ...")
+            click.echo("starting the simulated lab, Redis, workers lab-a and lab-b, Flower and "
+                       "the metrics exporter ...")
             stack.start()
             _print_stack(stack)
             while True:
@@ -143,6 +149,8 @@ def _print_stack(stack: Any) -> None:
     click.echo(f"workers  {', '.join(stack.node_names)}")
     click.echo(f"Flower   {stack.flower_url}  user {s.flower_user!r} "
                f"password {s.flower_password!r} (printed once)")
+    if stack.with_exporter:
+        click.echo(f"metrics  {stack.metrics_url}  (Prometheus; labq exporter)")
     click.echo(f"logs     {stack.log_dir}")
     click.echo("\nTo submit from another shell:\n  " + stack.export_line())
     sys.stdout.flush()

@@ -108,6 +108,8 @@ class Stack:
     workers: Sequence[WorkerSpec] = DEFAULT_WORKERS
     redis_port: int = 0
     with_flower: bool = True
+    #: Also serve the lab's Prometheus metrics (``labq exporter``; ``labq up`` does).
+    with_exporter: bool = False
     #: Start the simulated lab for ``settings.testbed``.
     with_sim: bool = True
     ready_timeout: float = 60.0
@@ -153,6 +155,9 @@ class Stack:
             wanted.append(("127.0.0.1", self.redis_port, "Redis"))
         if self.with_flower and self.settings.flower_port:
             wanted.append((self.settings.flower_address, self.settings.flower_port, "Flower"))
+        if self.with_exporter and self.settings.exporter_port:
+            wanted.append((self.settings.exporter_address, self.settings.exporter_port,
+                           "the metrics exporter"))
         taken = [(host, port, what) for host, port, what in wanted if not port_free(host, port)]
         if taken:
             shown = ", ".join(f"{port} ({what})" for _, port, what in taken[:6])
@@ -176,6 +181,7 @@ class Stack:
             broker_url=self.redis.url,
             result_backend="",
             flower_port=flower_port,
+            exporter_port=self.settings.exporter_port or free_port(),
             flower_password=self.settings.flower_password or secrets.token_urlsafe(12),
         )
         env = child_env(self.settings)
@@ -189,9 +195,16 @@ class Stack:
                 flower_argv(self.settings), log_path=self.log_dir / "flower.log",
                 env=env, cwd=PROJECT_ROOT,
             )
+        if self.with_exporter:
+            self.processes["exporter"] = spawn(
+                [sys.executable, "-m", "labq", "exporter"],
+                log_path=self.log_dir / "exporter.log", env=env, cwd=PROJECT_ROOT,
+            )
         self._wait_workers()
         if self.with_flower:
             self._wait_flower()
+        if self.with_exporter:
+            self._wait_exporter()
 
     def check_alive(self) -> None:
         """Raise :class:`StackError` naming the first part that has exited."""
@@ -230,6 +243,25 @@ class Stack:
                 pass
             if time.monotonic() > deadline:
                 raise StackError(f"Flower at {self.flower_url} not ready in {self.ready_timeout} s")
+            time.sleep(0.3)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.settings.exporter_address}:{self.settings.exporter_port}/metrics"
+
+    def _wait_exporter(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            self.check_alive()
+            try:
+                with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            if time.monotonic() > deadline:
+                raise StackError(f"the metrics exporter at {self.metrics_url} not ready in "
+                                 f"{self.ready_timeout} s; see {self.log_dir / 'exporter.log'}")
             time.sleep(0.3)
 
     def flower_get(self, path: str) -> str:

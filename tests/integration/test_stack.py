@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -102,7 +103,8 @@ def _family(pid: int) -> dict[int, tuple[str, str]]:
 def _start_up(tmp_path: Path, path_env: str) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "LABQ_STATE_DIR": str(tmp_path), "PATH": path_env,
            "LABQ_SHUTDOWN_TIMEOUT": "5"}
-    proc = subprocess.Popen([LABQ, "up", "--redis-port", "0", "--flower-port", "0"],
+    proc = subprocess.Popen([LABQ, "up", "--redis-port", "0", "--flower-port", "0",
+                             "--exporter-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None
     lines = []
@@ -129,6 +131,11 @@ def test_labq_up_serves_and_ctrl_c_leaves_nothing_behind(
     proc, banner = _start_up(tmp_path, path_env)
     try:
         assert "Flower" in banner and "password" in banner
+        metrics_url = next(line.split()[1] for line in banner.splitlines()
+                           if line.startswith("metrics "))
+        with urllib.request.urlopen(metrics_url, timeout=10) as response:
+            scraped = response.read().decode()
+        assert "labq_device_health{" in scraped and "labq_worker_slots{" in scraped
         members = _family(proc.pid)
         family = list(members)
         names = " ".join(cmdline for cmdline, _ in members.values())
