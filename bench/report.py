@@ -273,6 +273,27 @@ def allocation_block() -> str:
     return "\n".join(lines)
 
 
+def metrics_block() -> str:
+    d = load("metrics")
+    if d is None:
+        return missing("metrics", ".venv/bin/python -m bench.metrics")
+    p, s = d["params"], d["scrape_ms"]
+    lines = [where(d), "",
+             f"One `/metrics` render (every Redis read of a scrape, and the encoding), "
+             f"{p['trials']} trials per lab, alternating; a third of the devices leased, a "
+             f"tenth with waiters, a tenth with a health state.", "",
+             "| lab | scrape: median (min, max) | p95 | bytes | first scrape (testbed parse) |",
+             "|---|---|---|---|---|"]
+    for k, n in (("big", p["devices"]), ("small", p["small"])):
+        lines.append(f"| {n} devices | {_mmm(s[k], 1)} ms | {_f(s[k]['p95'], 1)} ms | "
+                     f"{d['bytes'][k]} | {_f(d['first_scrape_ms'][k], 0)} ms |")
+    lines += ["", f"**{p['devices']} / {p['small']} devices = "
+                  f"{_f(d['summary']['big_over_small'])}; p95 at {p['devices']} devices "
+                  f"{_f(s['big']['p95'], 1)} ms, target < 50 ms: "
+                  f"{'met' if d['summary']['meets_target'] else 'missed'}.**"]
+    return "\n".join(lines)
+
+
 def fairshare_block() -> str:
     d = load("fairshare")
     if d is None:
@@ -357,6 +378,11 @@ def targets_block() -> str:
         a = d["summary"]["A"]
         row("round trip p50 / p99", "<= 5 / <= 15 ms", f"{a['p50']:.1f} / {a['p99']:.1f} ms",
             d["summary"]["meets_target"])
+    d = load("metrics")
+    if d:
+        row("metrics scrape at 1,000 devices, p95", "< 50 ms",
+            f"{d['scrape_ms']['big']['p95']:.1f} ms (median {d['scrape_ms']['big']['median']:.1f})",
+            d["summary"]["meets_target"])
     d = load("memory")
     if d:
         row("USS per idle prefork child", "<= 15 MB",
@@ -397,6 +423,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "scale": scale_block,
     "allocation": allocation_block,
     "fairshare": fairshare_block,
+    "metrics": metrics_block,
     "timelimits": timelimits_block,
 }
 

@@ -99,7 +99,8 @@ devices and holders inside Redis, from :data:`PREFIX` and the suffixes below
 (``lease:``, ``wait:``, ``held:``, ``waiting:``, ``devices``, ``parked``,
 ``watch:``), so leases need a single, non-cluster Redis; the fair-share
 scripts (:mod:`labq.fairshare.scripts`) likewise derive every ``labq:fair:``
-key from :data:`FAIR_PREFIX`.
+key from :data:`FAIR_PREFIX`, and the exporter's count script
+(:mod:`labq.ops.metrics`) reads ``lease:`` and ``wait:`` keys the same way.
 ``tests/integration/test_lease.py`` holds the two spellings together, and
 ``tests/unit/test_layout.py`` keeps every key literal of labq's in this module.
 
