@@ -1,4 +1,5 @@
-"""Built-in device tasks: run commands, apply configuration, check reachability."""
+"""Built-in device tasks: run commands, apply configuration, check reachability
+and health."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Sequence
 from labq import device_task
 from labq.devices.drivers import Session
 from labq.devices.testbed import Device
-from labq.errors import ConfigError
+from labq.errors import ConfigError, DeviceError
 
 
 @device_task
@@ -53,3 +54,23 @@ def reachable(device: Device, timeout: float = 3.0) -> dict[str, object]:
     except OSError as exc:
         return {**result, "reachable": False, "address": address, "error": str(exc)}
     return {**result, "reachable": True, "address": address}
+
+
+@device_task(health_check=True, soft_time_limit=60, time_limit=90, lease_timeout=600)
+def healthcheck(session: Session) -> dict[str, object]:
+    """The device's health check: it connects and logs in, answers ``show
+    version``, and both its prompt and that output name it. Passing makes
+    the device ``good``, failing (here, or at connect or login) ``bad``
+    (labq.devices.health); it may run on a device whose health blocks tasks."""
+    name = session.device.name
+    output = session.execute("show version")
+    problems = []
+    if name.lower() not in session.prompt.lower():
+        problems.append(f"its prompt {session.prompt!r} does not name it")
+    if name.lower() not in output.lower():
+        first = next((line for line in output.splitlines() if line.strip()), "")
+        problems.append(f"its show version does not name it (first line: {first[:80]!r})")
+    if problems:
+        raise DeviceError(f"device {name!r} is not itself: {'; '.join(problems)}", device=name)
+    return {"device": name, "prompt": session.prompt,
+            "version": next((line for line in output.splitlines() if "Version" in line), "")}

@@ -208,24 +208,25 @@ class Leases:
 
     def acquire(self, device: str, holder: str, max_sessions: int, *, task: str = "",
                 worker: str = "", ttl: float | None = None,
-                since: float | None = None) -> Grant | Wait:
+                since: float | None = None, checking: bool = False) -> Grant | Wait:
         """Take a lease on ``device`` if its turn has come, else join/refresh the line.
 
         A holder that already holds ``device`` gets its lease renewed. ``since``
         (epoch s) is the first-wait time to use if ``holder`` is not in line.
         """
         keys, args = self._acquire_input(device, holder, max_sessions, task=task,
-                                         worker=worker, ttl=ttl, since=since)
+                                         worker=worker, ttl=ttl, since=since, checking=checking)
         return self.acquire_answer(device, holder, self._run(self._acquire, keys, *args))
 
     def queue_acquire(self, pipe: Any, device: str, holder: str, max_sessions: int, *,
-                      task: str = "", worker: str = "") -> None:
+                      task: str = "", worker: str = "", checking: bool = False) -> None:
         """Queue :meth:`acquire` as a bare ``EVALSHA`` on another client's ``pipe``
         (same Redis), to save a round trip; read its reply with
         :meth:`acquire_answer`. The reply is ``NoScriptError`` until this
         process has run the script once on that Redis: then call ``acquire``.
         """
-        keys, args = self._acquire_input(device, holder, max_sessions, task=task, worker=worker)
+        keys, args = self._acquire_input(device, holder, max_sessions, task=task, worker=worker,
+                                         checking=checking)
         pipe.evalsha(self._acquire.sha, len(keys), *keys, *self._argv(*args))
 
     def acquire_answer(self, device: str, holder: str, reply: Any) -> Grant | Wait:
@@ -241,8 +242,8 @@ class Leases:
                     waited=max(0.0, (now - first) / 1000))
 
     def _acquire_input(self, device: str, holder: str, max_sessions: int, *, task: str,
-                       worker: str, ttl: float | None = None,
-                       since: float | None = None) -> tuple[list[str], list[object]]:
+                       worker: str, ttl: float | None = None, since: float | None = None,
+                       checking: bool = False) -> tuple[list[str], list[object]]:
         _check("device", device)
         _check("holder", holder)
         if not isinstance(max_sessions, int) or max_sessions < 1:
@@ -250,7 +251,9 @@ class Leases:
         ttl_ms = _ms("ttl", self.ttl if ttl is None else ttl)
         since_ms = int(since * 1000) if since else 0
         keys = [*lease_keys(device), held_key(holder), waiting_key(holder), DEVICES_KEY]
-        return keys, [device, holder, max_sessions, ttl_ms, task, worker, since_ms]
+        # checking: a health check, which may lease a device whose health blocks.
+        return keys, [device, holder, max_sessions, ttl_ms, task, worker, since_ms,
+                      1 if checking else 0]
 
     def acquire_set(self, slots: Sequence[Sequence[tuple[str, int]]], holder: str, *,
                     task: str = "", worker: str = "", ttl: float | None = None,

@@ -246,7 +246,8 @@ function tidy(d)  -- expiries follow the content; empty keys go
 end
 """
 
-# ARGV: prefix, wttl, device, holder, max_sessions, ttl, task, worker, since
+# ARGV: prefix, wttl, device, holder, max_sessions, ttl, task, worker, since,
+# checking ('1': a health check, which may lease a device whose health blocks)
 ACQUIRE = LUA_LIB + """
 local d, h, max, ttl = ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local lease, info, wait, seen = keys(d)
@@ -266,7 +267,7 @@ local function grant(fresh)
   return {1, now + ttl}
 end
 if redis.call('ZSCORE', lease, h) then return grant(false) end
-if blocked(d, h) then
+if ARGV[10] ~= '1' and blocked(d, h) then
   unwait(d, h); tidy(d)
   return unavailable(d)
 end

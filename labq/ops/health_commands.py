@@ -97,7 +97,8 @@ def resume(devices: tuple[str, ...], note: str, by: str | None, broker: str | No
 
 @click.command()
 @click.argument("devices", nargs=-1, metavar="DEVICE...")
-@click.option("--note", required=True, help="Why it leaves the lab.")
+@click.option("--note", default="retired by hand", show_default=True,
+              help="Why it leaves the lab.")
 @_by
 @broker_option
 def retire(devices: tuple[str, ...], note: str, by: str | None, broker: str | None) -> None:
@@ -105,15 +106,24 @@ def retire(devices: tuple[str, ...], note: str, by: str | None, broker: str | No
     _change(devices, Health.RETIRED, note, by, broker)
 
 
+#: The built-in health check (tasks/device.py).
+CHECK_TASK = "tasks.device.healthcheck"
+
+
 @click.command()
 @click.argument("devices", nargs=-1, metavar="[DEVICE]...")
+@click.option("--check", is_flag=True,
+              help="Run the health check on each DEVICE now (on every device if none is "
+                   "named) and wait for them: a pass makes it good, a failure bad.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @broker_option
-def health(devices: tuple[str, ...], as_json: bool, broker: str | None) -> None:
+def health(devices: tuple[str, ...], check: bool, as_json: bool, broker: str | None) -> None:
     """Each DEVICE's health (every testbed device if none is named); with
     names, also their history, newest first."""
     settings = command_settings(broker_url=broker)
     names = _names(settings, devices)
+    if check:
+        _check_now(settings, names, quiet=as_json)
     with _book(settings) as book:
         now = book.get(names)
         past = {n: book.history(n) for n in names} if devices else {}
@@ -135,6 +145,25 @@ def health(devices: tuple[str, ...], as_json: bool, broker: str | None) -> None:
             for r in records:
                 console.print(f"  {_when(r.since)}  {r.state.value:<11} {r.by}: {r.reason}",
                               highlight=False)
+
+
+def _check_now(settings: Settings, names: list[str], quiet: bool) -> None:
+    """Run the health check on ``names`` as one labq run, and wait for it."""
+    from labq.app import create_app
+    from labq.client.run import Run
+
+    app = create_app(settings)
+    try:
+        with Run("health-check", app=app, progress=False if quiet else None, logs=False) as run:
+            for name in names:
+                run.submit(CHECK_TASK, device=name)
+        if not quiet:
+            for outcome in run.outcomes:
+                verdict = ("passed" if outcome.ok else
+                           f"failed: {outcome.error.type if outcome.error else outcome.status}")
+                click.echo(f"{outcome.device}: health check {outcome.task_id[:8]} {verdict}")
+    finally:
+        app.close()
 
 
 def _row(r: HealthRecord) -> dict[str, object]:

@@ -52,7 +52,8 @@ from labq.keys import wait_since_key
 from labq.redis_client import connect
 from labq.worker import device_sets
 from labq.worker.backend import LabqRedisBackend, Rider
-from labq.worker.holds import hold_after
+from labq.worker.health_checks import record_check
+from labq.worker.holds import NOT_FAILURES, hold_after
 from labq.worker.killing import KillingRequest
 from labq.worker.parking import park, wake_in
 from labq.worker.task_base import LabqTask
@@ -134,6 +135,9 @@ class DeviceTask(LabqTask):
     takes_lease: bool = True
     #: The task's device arguments, in the order its function takes their sessions.
     labq_roles: tuple[str, ...] = ("device",)
+    #: A health check (``@device_task(health_check=True)``): it may lease a
+    #: device whose health blocks other tasks, and its end sets that health.
+    labq_health_check: bool = False
 
     def _start_rider(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _LeaseAtStart | None:
         request = self.request
@@ -172,7 +176,8 @@ class _LeaseAtStart:
 
     def queue(self, pipe: Any) -> None:
         self.leases.queue_acquire(pipe, self.device, self.task.request.id, self.max_sessions,
-                                  task=self.task.name, worker=self.task.request.hostname or "")
+                                  task=self.task.name, worker=self.task.request.hostname or "",
+                                  checking=self.task.labq_health_check)
 
     def answered(self, reply: Any) -> None:
         if isinstance(reply, Exception):  # NOSCRIPT: this process's first acquire
@@ -202,6 +207,7 @@ def device_task(
     idempotent: bool = False,
     session: bool = True,
     roles: tuple[str, ...] | None = None,
+    health_check: bool = False,
 ) -> Any:
     """Turn ``fn(session, **kwargs)`` into a Celery task called as ``task(device=..., **kwargs)``.
 
@@ -212,6 +218,11 @@ def device_task(
 
     With ``session=False`` the function gets the resolved
     :class:`~labq.devices.testbed.Device` instead, and no lease or connection is taken.
+
+    With ``health_check=True`` the task checks its one device's health: it may
+    lease the device whatever its health, and its end makes the device
+    ``good`` (it returned) or ``bad`` (it raised, or could not connect), unless
+    a person has the device in maintenance or retired (labq.devices.health).
     """
 
     if soft_time_limit is not None and time_limit is not None and soft_time_limit >= time_limit:
@@ -250,6 +261,7 @@ def device_task(
             lease_timeout=lease_timeout, connect_timeout=connect_timeout,
             idempotent=idempotent, acks_late=True,
             reject_on_worker_lost=idempotent, takes_lease=session, labq_roles=role_names,
+            labq_health_check=health_check,
         )
 
     return wrap(fn) if fn is not None else wrap
@@ -281,7 +293,10 @@ def _run_on_device(task: DeviceTask, func: Callable[..., Any], device: str,
         with Renewer(ctx.leases, grant):
             session = open_session(dev, task.connect_timeout)
             try:
-                return func(session, **kwargs)
+                result = func(session, **kwargs)
+                if task.labq_health_check:
+                    record_check(ctx.leases, dev.name, holder, None)
+                return result
             except SoftTimeLimitExceeded as exc:
                 # The device may be mid-command: drop the link, don't say goodbye.
                 session.abort()
@@ -292,6 +307,8 @@ def _run_on_device(task: DeviceTask, func: Callable[..., Any], device: str,
                 session.close()
     except BaseException as exc:
         failure = exc
+        if task.labq_health_check and not isinstance(exc, NOT_FAILURES):
+            record_check(ctx.leases, dev.name, holder, exc)
         raise
     finally:
         if not hold_after(task, ctx.leases, holder, failure):
@@ -360,7 +377,8 @@ def _take_lease(task: DeviceTask, leases: Leases, device: str, max_sessions: int
     while True:
         if answer is None:
             answer = leases.acquire(device, holder, max_sessions, since=since,
-                                    task=task.name, worker=task.request.hostname or "")
+                                    task=task.name, worker=task.request.hostname or "",
+                                    checking=task.labq_health_check)
         if isinstance(answer, Grant):
             if since is not None:
                 leases.client.delete(since_key)
@@ -374,9 +392,12 @@ def _take_lease(task: DeviceTask, leases: Leases, device: str, max_sessions: int
             # late still rejoins the line at its first place.
             since = answer.waiting_since
             leases.client.set(since_key, repr(since), ex=int(task.lease_timeout) + 60)
-        if refused or request.called_directly:
+        # A health check waits in its slot: parked, a device whose health
+        # blocks would wake it at once, again and again.
+        polls = request.called_directly or task.labq_health_check
+        if refused or polls:
             time.sleep(POLL)
-        if not request.called_directly:
+        if not polls:
             park(task, leases, [[(device, max_sessions)]], answer.waiting_since,
                  wake_in(task.lease_timeout, answer.waited), single=True)
             refused = True  # a session opened meanwhile: ask again

@@ -90,3 +90,13 @@ def test_a_parked_waiter_is_woken_to_fail_when_its_device_is_blocked(
     assert not redis_client.exists(parked_key("waiter"))
     with pytest.raises(DeviceUnavailable):
         leases.acquire("r4", "waiter", 1)
+
+
+def test_a_health_check_may_lease_a_device_whose_health_blocks(
+        redis_client: redis.Redis) -> None:
+    leases, book = Leases(redis_client), HealthBook(redis_client)
+    book.set("r5", Health.BAD, reason="no prompt", by="check-1")
+    with pytest.raises(DeviceUnavailable):
+        leases.acquire("r5", "task-1", 1)
+    assert isinstance(leases.acquire("r5", "check-2", 1, checking=True), Grant)
+    assert isinstance(leases.acquire("r5", "check-3", 1, checking=True), Wait)  # in line

@@ -149,3 +149,37 @@ def test_runs_never_touch_a_device_in_maintenance_and_lose_nothing(
         for start, end in windows[name]:
             late = [t for t in opens if start + grace < t < end]
             assert not late, f"{name}: sessions opened at {late} in maintenance {start}-{end}"
+
+
+def test_a_failed_check_makes_a_device_bad_and_a_passing_one_good_again(
+        stack: Stack, app: LabqCelery, tmp_path: Path, labq_cli: Callable[..., Ran],
+        book: Any) -> None:
+    assert stack.sim is not None
+    stack.sim.set_faults("f20", unreachable=True)
+    try:
+        out = labq_cli(tmp_path, "health", "f20", "--check")
+        assert out.returncode == 0, out.stderr
+        assert "f20: health check" in out.stdout and "failed: DeviceUnreachable" in out.stdout
+        (now,) = json.loads(labq_cli(tmp_path, "health", "f20", "--json").stdout)
+        assert now["state"] == "bad" and "DeviceUnreachable" in now["reason"], now
+        assert now["by"]  # the check's task id
+        with labq.Run("after-bad", app=app, progress=False, logs=False) as run:
+            run.submit(diag.hold_device, device="f20", seconds=0)
+        (refused,) = run.outcomes
+        assert refused.error is not None and refused.error.type == "DeviceUnavailable"
+        assert "bad" in refused.error.message and "DeviceUnreachable" in refused.error.message
+    finally:
+        stack.sim.clear_faults("f20")
+    out = labq_cli(tmp_path, "health", "f20", "--check")
+    assert "f20: health check" in out.stdout and "passed" in out.stdout, out.stdout
+    (now,) = json.loads(labq_cli(tmp_path, "health", "f20", "--json").stdout)
+    assert now["state"] == "good" and [h["state"] for h in now["history"]][:2] == ["good", "bad"]
+    with labq.Run("after-good", app=app, progress=False, logs=False) as run:
+        run.submit(diag.hold_device, device="f20", seconds=0)
+    assert run.outcomes[0].ok, run.outcomes
+    # A person's maintenance stays whatever a check finds.
+    assert labq_cli(tmp_path, "maintenance", "f20", "--note", "swap").returncode == 0
+    out = labq_cli(tmp_path, "health", "f20", "--check")
+    assert "passed" in out.stdout, out.stdout
+    (now,) = json.loads(labq_cli(tmp_path, "health", "f20", "--json").stdout)
+    assert now["state"] == "maintenance" and now["reason"] == "swap"

@@ -127,3 +127,29 @@ def test_labq_exporter_names_a_busy_port(stack: Stack) -> None:
                               capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert f"labq: error: cannot serve on 127.0.0.1:{port}" in done.stderr, done.stderr
+
+
+DASHBOARD = ROOT / "deploy" / "grafana" / "labq-lab.json"
+
+
+def test_the_grafana_dashboard_queries_only_metrics_a_live_scrape_has(
+        stack: Stack, client: redis.Redis) -> None:
+    import json
+    import re
+
+    dashboard = json.loads(DASHBOARD.read_text())  # valid JSON, or this fails
+    assert dashboard["uid"] and dashboard["title"] and dashboard["panels"]
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert all(p["datasource"]["type"] == "prometheus" for p in dashboard["panels"])
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    queried = {m for e in exprs for m in re.findall(r"\blabq_[a-z_]+\b", e)}
+    # A run is open during the scrape, so that labq_run_tasks has samples too.
+    with labq.Run("dashboard", app=None, settings=stack.settings, progress=False,
+                  logs=False) as run:
+        run.submit(diag.nap, seconds=1)
+        scraped = {k[0] for k in samples(generate_latest(
+            registry(stack.settings, client)).decode())}
+    assert queried and queried <= scraped, queried - scraped
+    described = (ROOT / "docs" / "metrics.md").read_text()
+    for p in dashboard["panels"]:
+        assert p["title"] in described, f"panel {p['title']!r} is not described in docs/metrics.md"
