@@ -48,7 +48,7 @@ def test_metrics_match_the_lab_in_redis_during_a_run(stack: Stack, app: LabqCele
                                                      client: redis.Redis) -> None:
     HealthBook(client).set("f12", Health.MAINTENANCE, reason="RMA", by="ana")
     with labq.Run("metered", app=app, progress=False, logs=False) as run:
-        held = [run.submit(diag.hold_device, device=d, seconds=6) for d in ("f10", "f11")]
+        held = [run.submit(diag.hold_device, device=d, seconds=4) for d in ("f10", "f11")]
         waiter = run.submit(diag.hold_device, device="f10", seconds=0)
         deadline = time.monotonic() + 30
         while (sum(o.status is labq.Status.RUNNING and bool(o.worker) for o in run.outcomes) < 2

@@ -39,8 +39,8 @@ SCRIPT = textwrap.dedent("""
     import labq
     from tasks import diag
     run = labq.Run("orphaned", progress=False, logs=False)
-    ids = [run.submit(diag.hold_device, device=d, seconds=6) for d in ("l1", "l2")]
-    ids += [run.submit(diag.nap, seconds=6, pidfile=sys.argv[1] + str(i)) for i in range(2)]
+    ids = [run.submit(diag.hold_device, device=d, seconds=4) for d in ("l1", "l2")]
+    ids += [run.submit(diag.nap, seconds=4, pidfile=sys.argv[1] + str(i)) for i in range(2)]
     while sum(o.status is labq.Status.RUNNING and bool(o.worker) for o in run.outcomes) < 4:
         run.refresh()
         time.sleep(0.05)
