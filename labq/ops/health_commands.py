@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import click
-import redis
 from rich.console import Console
 from rich.table import Table
 
@@ -22,10 +21,8 @@ from labq.client.submission import check_owner
 from labq.devices.health import Health, HealthBook, HealthRecord
 from labq.devices.lease import Leases
 from labq.devices.testbed_yaml import load_testbed
-from labq.errors import BrokerUnavailable
-from labq.ops.command_context import broker_option, command_settings
+from labq.ops.command_context import broker_option, command_settings, lab_redis
 from labq.ops.device_list import natural_key
-from labq.redis_client import connect, unavailable
 from labq.settings import Settings
 
 _by = click.option("--by", envvar="LABQ_OWNER", show_envvar=True, default=None,
@@ -34,13 +31,8 @@ _by = click.option("--by", envvar="LABQ_OWNER", show_envvar=True, default=None,
 
 @contextmanager
 def _book(settings: Settings) -> Iterator[HealthBook]:
-    client = connect(settings.broker_url, settings, socket_timeout=10, socket_connect_timeout=5)
-    try:
+    with lab_redis(settings) as client:
         yield HealthBook(client)
-    except redis.RedisError as exc:
-        raise BrokerUnavailable(unavailable(settings.broker_url, exc, settings)) from exc
-    finally:
-        client.close()
 
 
 def _names(settings: Settings, devices: tuple[str, ...]) -> list[str]:

@@ -15,17 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-import redis
 
 from labq.client.submission import check_owner
 from labq.devices.lease import SetWait, Wait
 from labq.devices.reservations import Reservation, Reservations, recall, remember
 from labq.devices.testbed_yaml import load_testbed
-from labq.errors import BrokerUnavailable, ReservationError
-from labq.ops.command_context import broker_option, command_settings
+from labq.errors import ReservationError
+from labq.ops.command_context import broker_option, command_settings, lab_redis
 from labq.ops.device_list import natural_key, parse_labels
 from labq.ops.reservation_list import print_reservations, reservation_rows
-from labq.redis_client import connect, unavailable
 from labq.settings import Settings, parse_duration
 
 _token = click.option("--token", envvar="LABQ_RESERVATION_TOKEN", show_envvar=True, default=None,
@@ -35,13 +33,8 @@ _token = click.option("--token", envvar="LABQ_RESERVATION_TOKEN", show_envvar=Tr
 
 @contextmanager
 def _reservations(settings: Settings) -> Iterator[Reservations]:
-    client = connect(settings.broker_url, settings, socket_timeout=10, socket_connect_timeout=5)
-    try:
+    with lab_redis(settings) as client:
         yield Reservations(client)
-    except redis.RedisError as exc:
-        raise BrokerUnavailable(unavailable(settings.broker_url, exc, settings)) from exc
-    finally:
-        client.close()
 
 
 @click.command()
