@@ -19,7 +19,6 @@ from rich.table import Table
 
 from labq.client.submission import check_owner
 from labq.devices.health import Health, HealthBook, HealthRecord
-from labq.devices.lease import Leases
 from labq.devices.testbed_yaml import load_testbed
 from labq.ops.command_context import broker_option, command_settings, lab_redis
 from labq.ops.device_list import natural_key
@@ -53,7 +52,7 @@ def _change(devices: tuple[str, ...], state: Health, note: str, by: str | None,
     with _book(settings) as book:
         for name in names:
             record = book.set(name, state, reason=note, by=who)
-            holders = [h.holder for h in Leases(book.client).holders(name)]
+            holders = [h.holder for h in book.leases.holders(name)]
             click.echo(f"{name}: {record.describe()}")
             if state.blocks:
                 held = (f"{len(holders)} holder(s) finish first ({', '.join(holders)}); "
